@@ -1,0 +1,268 @@
+"""Image shards in: discovery, robust decoding with per-file reasons, and a streaming loader."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+# PIL's own name for the format each extension promises; a mismatch is reported, not fatal.
+_EXT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
+
+DEFAULT_MIN_SIDE = 8
+DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; larger files are skipped rather than decoded
+
+# Never let PIL fill truncated files with grey: a truncated file is an error we report.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image file of a shard; `key` is the file stem, unique within the shard."""
+
+    shard: str
+    key: str
+    path: Path
+    caption_path: Path | None
+
+
+@dataclass
+class LoadedImage:
+    """What decoding one file gave: an RGB image, or None with the reason it was skipped."""
+
+    record: ImageRecord
+    image: Image.Image | None
+    captions: list[str]
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def list_shards(root: Path) -> list[str]:
+    """Sorted shard names under `root`. A flat folder of images is one shard, named after it."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image root {root} is not a folder")
+    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:
+        return subdirs
+    if any(_is_image_name(p) for p in root.iterdir()):
+        return [root.name]
+    return []
+
+
+def shard_folder(root: Path, shard: str) -> Path:
+    root = Path(root)
+    return root if (shard == root.name and not (root / shard).is_dir()) else root / shard
+
+
+def list_images(root: Path, shard: str) -> list[ImageRecord]:
+    """The shard's images sorted by key; the order fixes chunk boundaries, so it must be stable."""
+    folder = shard_folder(root, shard)
+    records: list[ImageRecord] = []
+    seen: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if not _is_image_name(p):
+            continue
+        if p.stem in seen:
+            # Two files with one stem (a.jpg, a.png) would share a key: keep the first, say so.
+            warnings.warn(
+                f"{p}: duplicate key {p.stem!r} (also {seen[p.stem].name}); skipped", stacklevel=2
+            )
+            continue
+        seen[p.stem] = p
+        cap = p.with_suffix(".txt")
+        records.append(ImageRecord(shard, p.stem, p, cap if cap.exists() else None))
+    return records
+
+
+def _is_image_name(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")
+
+
+def read_captions(path: Path | None) -> list[str]:
+    """Non-empty lines of a caption file: one reference caption per line."""
+    if path is None:
+        return []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def load_image(
+    record: ImageRecord,
+    *,
+    min_side: int = DEFAULT_MIN_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> LoadedImage:
+    """Decode one file to RGB, or return why it cannot be used. Never raises for bad files."""
+    notes: list[str] = []
+    try:
+        captions = read_captions(record.caption_path)
+    except OSError as e:
+        captions, notes = [], [f"caption unreadable: {e}"]
+    if record.caption_path is None:
+        notes.append("no caption file")
+    elif not captions:
+        notes.append("empty caption")
+
+    def bad(reason: str) -> LoadedImage:
+        return LoadedImage(record, None, captions, error=reason, warnings=notes)
+
+    try:
+        size = record.path.stat().st_size
+    except OSError as e:
+        return bad(f"unreadable: {e}")
+    if size == 0:
+        return bad("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # We check the size ourselves below, before anything is decoded.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(record.path) as im:
+                w, h = im.size
+                if min(w, h) < min_side:
+                    return bad(f"too small ({w}x{h}, minimum side {min_side})")
+                if w * h > max_pixels:
+                    return bad(f"too large ({w}x{h} > {max_pixels} pixels)")
+                expected = _EXT_FORMATS.get(record.path.suffix.lower())
+                if im.format and expected and im.format != expected:
+                    notes.append(f"extension {record.path.suffix} but content is {im.format}")
+                im.load()  # raises on truncated or corrupt data
+                rgb = to_rgb(im, notes)
+    except UnidentifiedImageError:
+        return bad("not an image (cannot identify format)")
+    except Image.DecompressionBombError as e:
+        return bad(f"too large: {e}")
+    except (OSError, SyntaxError, ValueError) as e:
+        return bad(f"corrupt or truncated: {e}")
+    return LoadedImage(record, rgb, captions, warnings=notes)
+
+
+def to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB, noting conversions a reader may want to know about."""
+    mode = im.mode
+    if mode == "RGB":
+        return im.copy()
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # PIL's convert('RGB') clips 16-bit values at 255 (a white image): rescale instead.
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        grey = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        notes.append(f"converted {mode} (high bit depth) to RGB")
+        return Image.fromarray(grey).convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        # Composite on white: transparent pixels have arbitrary colour underneath.
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        notes.append(f"converted {mode} with alpha to RGB on white")
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    notes.append(f"converted {mode} to RGB")
+    return im.convert("RGB")
+
+
+class ImageShardDataset(torch.utils.data.Dataset):
+    """Decodes the records of one shard in DataLoader workers; bad files come back as errors."""
+
+    def __init__(
+        self,
+        records: list[ImageRecord],
+        *,
+        min_side: int = DEFAULT_MIN_SIDE,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.records = records
+        self.min_side = min_side
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> LoadedImage:
+        return load_image(self.records[i], min_side=self.min_side, max_pixels=self.max_pixels)
+
+
+@dataclass
+class ImageBatch:
+    """A collated batch: model inputs for the good images, and every image's report."""
+
+    items: list[LoadedImage]  # all images of the batch, in order, good and bad
+    good: list[LoadedImage]  # those that decoded (and preprocessed), in order
+    inputs: dict[str, Any] | None  # preprocessor output for `good` (None when none is good)
+
+
+class Collate:
+    """Runs the adapter's preprocessor in the worker, so decoding and resizing overlap the model."""
+
+    def __init__(
+        self,
+        preprocess: Callable[[list[Image.Image]], dict[str, Any]] | None,
+        *,
+        keep_images: bool = False,
+    ) -> None:
+        self.preprocess = preprocess
+        self.keep_images = keep_images
+
+    def __call__(self, items: list[LoadedImage]) -> ImageBatch:
+        good = [it for it in items if it.image is not None]
+        inputs = None
+        if good and self.preprocess is not None:
+            try:
+                inputs = self.preprocess([it.image for it in good])
+            except Exception as e:
+                inputs = self._one_by_one(good, e)
+                good = [it for it in good if it.error is None]
+        if not self.keep_images:
+            for it in good:
+                it.image = (
+                    None  # already preprocessed: don't ship full-size pixels between processes
+                )
+        return ImageBatch(items, good, inputs)
+
+    def _one_by_one(self, good: list[LoadedImage], first_error: Exception) -> dict[str, Any] | None:
+        """Find the images the preprocessor rejects, mark them, and preprocess the rest."""
+        ok = []
+        for it in good:
+            try:
+                self.preprocess([it.image])
+                ok.append(it)
+            except Exception as e:
+                it.error, it.image = f"preprocessing failed: {e}", None
+        if not ok:
+            return None
+        if len(ok) == len(good):
+            raise first_error  # not an image's fault: a real bug, let it surface
+        return self.preprocess([it.image for it in ok])
+
+
+def image_loader(
+    records: list[ImageRecord],
+    preprocess: Callable[[list[Image.Image]], dict[str, Any]] | None,
+    *,
+    num_workers: int,
+    batch_size: int | None = None,
+    batches: list[list[int]] | None = None,
+    min_side: int = DEFAULT_MIN_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    keep_images: bool = False,
+) -> torch.utils.data.DataLoader:
+    """Ordered, streaming loader over records; memory is O(batch x prefetch).
+
+    Give either batch_size (consecutive batches) or batches (explicit lists of record indices).
+    """
+    if (batch_size is None) == (batches is None):
+        raise ValueError("give exactly one of batch_size and batches")
+    dataset = ImageShardDataset(records, min_side=min_side, max_pixels=max_pixels)
+    collate = Collate(preprocess, keep_images=keep_images)
+    if batches is not None:
+        return torch.utils.data.DataLoader(
+            dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate
+        )
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate
+    )

@@ -1,0 +1,114 @@
+"""Atomic file writes and manifests: a file either exists whole or not at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MANIFEST_NAME = "manifest.json"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call write(tmp) on a temporary file beside `path`, fsync it, then rename it to `path`.
+
+    The rename is atomic on POSIX, so a reader never sees a half-written file, and a run killed
+    at any moment leaves only `.tmp` leftovers that the next run ignores and overwrites.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: Path, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_torch_atomic(path: Path, obj: Any) -> Path:
+    """torch.save through a temp file; `obj` must hold only tensors, strings and numbers.
+
+    Saved through a file handle: given a path, torch names the archive's inner folder after the
+    (random) temp file name, and equal content would no longer give equal bytes.
+    """
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    return atomic_write(path, write)
+
+
+def load_torch(path: Path) -> Any:
+    """torch.load restricted to tensors and plain containers (no pickled code)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@cache
+def code_version() -> str:
+    """Git commit of this checkout (with '+dirty' when it has local changes), else 'unknown'."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def write_manifest(folder: Path, **fields: Any) -> Path:
+    """Write `folder/manifest.json` last: its presence means the folder is complete."""
+    manifest = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        **fields,
+    }
+    return write_json_atomic(Path(folder) / MANIFEST_NAME, manifest)
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / MANIFEST_NAME
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def is_complete(folder: Path) -> bool:
+    return (Path(folder) / MANIFEST_NAME).exists()

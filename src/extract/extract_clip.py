@@ -1,0 +1,129 @@
+"""Stage: reference embeddings per image (CLIP / SigLIP / DINOv2 by id, or offline references)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from src.data.extraction import extract_shard
+from src.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, list_images, list_shards
+from src.data.paths import reference_shard_dir
+from src.models.reference import OFFLINE_REFERENCES, load_reference
+from src.runtime import add_runtime_args, csv_list, resolve_device, resolve_dtype
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m src.extract.extract_clip",
+        description=(
+            "Reference embeddings, one vector per image, into "
+            "<out_dir>/<shard>/ref_vectors_<i>.pt plus manifest.json. --model_id takes a CLIP, "
+            f"SigLIP or DINOv2 hub id or local path, or an offline reference: "
+            f"{', '.join(OFFLINE_REFERENCES)} (minilm embeds the caption, not the pixels)."
+        ),
+    )
+    p.add_argument("--root", type=Path, required=True, help="image root: <root>/<shard>/<stem>.jpg")
+    p.add_argument("--out_dir", type=Path, required=True, help="e.g. data/clip_ref/<name>")
+    p.add_argument("--model_id", required=True, help="hub id, local path or offline name")
+    p.add_argument("--revision", help="hub revision")
+    p.add_argument(
+        "--pool",
+        choices=["cls", "mean"],
+        default="cls",
+        help="cls: the model's own image embedding (CLIP/SigLIP projected, DINOv2 CLS); "
+        "mean: mean of last-layer patch tokens",
+    )
+    p.add_argument("--shards", type=csv_list, help="only these shards (comma-separated)")
+    p.add_argument("--max_images", type=int, help="only the first N images of each shard")
+    add_runtime_args(p)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--save_every", type=int, default=400, help="images per chunk file")
+    p.add_argument("--skip_existing", action="store_true", help="resume; keep finished work")
+    p.add_argument("--min_image_side", type=int, default=DEFAULT_MIN_SIDE)
+    p.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    p.add_argument("--trust_remote_code", action="store_true")
+    p.add_argument("--no_progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        shards = list_shards(args.root)
+        if args.shards:
+            missing = sorted(set(args.shards) - set(shards))
+            if missing:
+                raise ValueError(f"shard(s) {missing} not found under {args.root}")
+            shards = [s for s in shards if s in args.shards]
+        if not shards:
+            raise ValueError(f"no image shards under {args.root}")
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, device)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    identity = {"reference": args.model_id, "revision": args.revision, "pool": args.pool}
+    folders = [reference_shard_dir(args.out_dir, s) for s in shards]
+    if args.skip_existing and all((f / "manifest.json").exists() for f in folders):
+        print(f"[{args.model_id}] all {len(shards)} shards already complete in {args.out_dir}")
+        return 0
+    t0 = time.perf_counter()
+    ref = load_reference(
+        args.model_id,
+        device=device,
+        dtype=dtype,
+        pool=args.pool,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+    )
+    print(f"[{args.model_id}] loaded in {time.perf_counter() - t0:.1f}s")
+
+    def encode(inputs: dict, items: list) -> dict:
+        return {"ref": list(ref.encode(inputs, items).unsqueeze(1).unbind(0))}  # (1, D) each
+
+    try:
+        for shard, folder in zip(shards, folders, strict=True):
+            with torch.inference_mode():
+                r = extract_shard(
+                    list_images(args.root, shard)[: args.max_images],
+                    folder,
+                    encode=encode,
+                    preprocess=ref.preprocessor,
+                    kinds=("ref",),
+                    batch_size=args.batch_size,
+                    num_workers=args.num_workers,
+                    save_every=args.save_every,
+                    save_dtype=torch.float32,
+                    skip_existing=args.skip_existing,
+                    identity=identity,
+                    manifest_fields={
+                        "stage": "extract_clip",
+                        "reference_info": ref.describe(),
+                        "image_root": str(args.root),
+                        "args": vars(args),
+                    },
+                    loader_kwargs={
+                        "min_side": args.min_image_side,
+                        "max_pixels": args.max_image_pixels,
+                    },
+                    progress=not args.no_progress,
+                )
+            dim = r.shapes["ref"]["dim"]
+            how = "reused" if r.reused else f"{r.seconds:.1f}s"
+            print(
+                f"  {shard}: {r.n_ok}/{r.n_images} embedded ({dim}-d), "
+                f"{len(r.skipped)} skipped ({how})"
+            )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

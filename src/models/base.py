@@ -1,0 +1,150 @@
+"""The interface every VLM adapter implements: load, preprocess, capture E_pre/E_post, generate."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+# A batch of model inputs as the adapter's preprocessor makes them (pixel_values, grids, ids, ...).
+BatchInputs = dict[str, Any]
+
+DEFAULT_PROMPT = "Describe the image."
+
+
+@dataclass
+class VisionOutput:
+    """Per-image connector input and output; token counts may differ between images.
+
+    pre[i]:  (T_pre_i, D_pre)   what the connector receives for image i (E_pre)
+    post[i]: (T_post_i, D_post) what the connector hands to the LLM for image i (E_post)
+    """
+
+    pre: list[torch.Tensor]
+    post: list[torch.Tensor]
+
+
+class Preprocessor(ABC):
+    """Turns PIL images (and a prompt, for generation) into model inputs.
+
+    Kept separate from the adapter so that it pickles cheaply into DataLoader workers (spawn start
+    method on macOS) without dragging the model along.
+    """
+
+    @abstractmethod
+    def __call__(self, images: list[Image.Image], prompt: str | None = None) -> BatchInputs:
+        """prompt=None: inputs for `encode` only; a prompt: inputs for `generate` as well."""
+
+
+class VLMAdapter(ABC):
+    """One VLM family behind one interface. Quirks live in the subclass that has them."""
+
+    name: ClassVar[str]
+    default_model_id: ClassVar[str]
+    hook_point: ClassVar[str]  # dotted path of the connector module inside the model
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocessor: Preprocessor,
+        *,
+        model_id: str,
+        revision: str | None,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.model = model
+        self.preprocessor = preprocessor
+        self.model_id = model_id
+        self.revision = revision
+        self.device = device
+        self.dtype = dtype
+
+    @classmethod
+    @abstractmethod
+    def load(
+        cls,
+        model_id: str | None = None,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> VLMAdapter:
+        """Load weights by hub id or local path (None: `default_model_id`)."""
+
+    @abstractmethod
+    def encode(self, inputs: BatchInputs) -> VisionOutput:
+        """Run the vision side and the connector; return per-image E_pre and E_post."""
+
+    @abstractmethod
+    def generate(
+        self,
+        inputs: BatchInputs,
+        post: list[torch.Tensor] | None = None,
+        *,
+        max_new_tokens: int = 32,
+    ) -> list[str]:
+        """Greedy captions for a batch made with a prompt.
+
+        post=None: the model's own E_post. Otherwise post[i] (same shape as encode's post[i])
+        replaces the connector output for image i, so captions come from modified E_post.
+        """
+
+    def connector(self) -> torch.nn.Module:
+        return self.model.get_submodule(self.hook_point)
+
+    def describe(self) -> dict[str, Any]:
+        """What a manifest records about the model."""
+        return {
+            "adapter": self.name,
+            "model_id": self.model_id,
+            "revision": self.revision,
+            "hook_point": self.hook_point,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+        }
+
+    def to_device(self, inputs: BatchInputs) -> BatchInputs:
+        """Move tensors to the model's device; floating tensors also to its dtype."""
+        out: BatchInputs = {}
+        for k, v in inputs.items():
+            if isinstance(v, torch.Tensor):
+                v = v.to(self.device, dtype=self.dtype if v.is_floating_point() else None)
+            out[k] = v
+        return out
+
+
+@contextmanager
+def capture_io(module: torch.nn.Module) -> Iterator[dict[str, Any]]:
+    """Record the first positional input and the output of `module` during the block."""
+    store: dict[str, Any] = {}
+
+    def hook(_m: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        store["input"] = args[0] if args else next(iter(kwargs.values()))
+        store["output"] = output
+
+    handle = module.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def replace_output(module: torch.nn.Module, fn: Callable[[Any], Any]) -> Iterator[None]:
+    """Replace the output of `module` by fn(output) during the block (used to inject E_post)."""
+
+    def hook(_m: torch.nn.Module, _args: tuple, output: Any) -> Any:
+        return fn(output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

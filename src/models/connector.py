@@ -1,0 +1,79 @@
+"""Trainable connectors (LLaVA-style MLP) saved as safetensors + a JSON config, symmetrically."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from src.data.io import atomic_write, write_json_atomic
+
+WEIGHTS_NAME = "connector.safetensors"
+CONFIG_NAME = "config.json"
+
+
+@dataclass
+class ConnectorConfig:
+    """Everything needed to rebuild a connector and the VLM it belongs to."""
+
+    in_dim: int  # vision token width (E_pre)
+    out_dim: int  # LM embedding width (E_post)
+    hidden_dim: int
+    num_layers: int = 2
+    vision: str = "efficientnet-lite0"  # vision tower name or hub id
+    lm: str = "smollm2-135m-instruct"  # LM name or hub id
+    grid: int = 4  # vision tokens per side after pooling (EfficientNet tower only)
+    prompt: str = "Describe the image."
+    training: dict[str, Any] = field(default_factory=dict)  # command, data, steps, metrics
+
+
+class MLPConnector(torch.nn.Module):
+    """(..., in_dim) -> (..., out_dim): Linear, then (GELU, Linear) x (num_layers - 1).
+
+    No LayerNorm: trained against a frozen LM, the output settles at the LM's embedding scale.
+    """
+
+    def __init__(self, config: ConnectorConfig) -> None:
+        super().__init__()
+        self.config = config
+        dims = [config.in_dim] + [config.hidden_dim] * (config.num_layers - 1) + [config.out_dim]
+        layers: list[torch.nn.Module] = []
+        for i, (a, b) in enumerate(itertools.pairwise(dims)):
+            if i:
+                layers.append(torch.nn.GELU())
+            layers.append(torch.nn.Linear(a, b))
+        self.mlp = torch.nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)
+
+
+def save_connector(connector: MLPConnector, folder: Path) -> Path:
+    """folder/connector.safetensors + folder/config.json (weights first, config last)."""
+    folder = Path(folder)
+    state = {k: v.detach().cpu().contiguous() for k, v in connector.state_dict().items()}
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp)))
+    write_json_atomic(folder / CONFIG_NAME, asdict(connector.config))
+    return folder
+
+
+def load_connector(folder: Path) -> MLPConnector:
+    folder = Path(folder)
+    cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    if not cfg_path.exists() or not w_path.exists():
+        raise FileNotFoundError(
+            f"{folder} is not a connector folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})"
+        )
+    config = ConnectorConfig(**json.loads(cfg_path.read_text(encoding="utf-8")))
+    connector = MLPConnector(config)
+    state = load_file(str(w_path))
+    try:
+        connector.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{w_path} does not match its {CONFIG_NAME}: {e}") from None
+    return connector

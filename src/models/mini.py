@@ -1,0 +1,249 @@
+"""`mini`: a VLM assembled from offline parts, vision tokens -> trained MLP connector -> causal LM.
+
+Default: EfficientNet-Lite0 (16 pooled tokens of 1280) -> MLP -> SmolLM2-135M-Instruct (576).
+The same class serves any vision tower / LM pair a connector folder names (train_connector).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from src.models.base import (
+    DEFAULT_PROMPT,
+    BatchInputs,
+    Preprocessor,
+    VisionOutput,
+    VLMAdapter,
+)
+from src.models.connector import ConnectorConfig, MLPConnector, load_connector
+from src.models.towers import EFFICIENTNET, EfficientNetTokens, SquareResize, load_causal_lm
+
+DEFAULT_CONNECTOR_DIR = Path(__file__).parent / "weights" / "mini"
+IMAGE_SIZE = 224
+
+
+class HFVisionTokens(torch.nn.Module):
+    """Patch tokens of a hub vision encoder (CLIP / SigLIP / DINOv2 ...): (B, T, D)."""
+
+    def __init__(self, model_id: str, *, trust_remote_code: bool = False) -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+        # CLIPModel / SiglipModel hold the image tower as .vision_model; DINOv2 is the tower.
+        self.net = getattr(model, "vision_model", model).eval().requires_grad_(False)
+        self.dim = self.net.config.hidden_size
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values=pixel_values).last_hidden_state
+
+
+class HFImagePreprocessor:
+    """Picklable wrapper of a hub image processor: list of images -> (B, 3, H, W)."""
+
+    def __init__(self, model_id: str) -> None:
+        from transformers import AutoImageProcessor
+
+        self.processor = AutoImageProcessor.from_pretrained(model_id)
+
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+def build_vision(
+    config: ConnectorConfig, *, trust_remote_code: bool = False
+) -> tuple[torch.nn.Module, Any]:
+    """(tower, image transform) for the vision name a connector config records."""
+    if config.vision == EFFICIENTNET:
+        return EfficientNetTokens(grid=config.grid), SquareResize(IMAGE_SIZE)
+    tower = HFVisionTokens(config.vision, trust_remote_code=trust_remote_code)
+    return tower, HFImagePreprocessor(config.vision)
+
+
+class MiniPreprocessor(Preprocessor):
+    def __init__(self, transform: Any) -> None:
+        self.transform = transform
+
+    def __call__(self, images: list[Image.Image], prompt: str | None = None) -> BatchInputs:
+        out: BatchInputs = {"pixel_values": self.transform(images)}
+        if prompt is not None:
+            out["prompt"] = prompt
+        return out
+
+
+class ComposedVLM(torch.nn.Module):
+    """vision (frozen) -> connector (trained) -> LM (frozen), with the SmolLM2 chat layout.
+
+    Sequence given to the LM (ChatML, no system turn):
+        <|im_start|>user\\n  [image tokens]  \\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n
+    and, in training, the caption followed by <|im_end|>. The prefix length is the same for every
+    image, so batched generation from inputs_embeds needs no padding.
+    """
+
+    def __init__(
+        self, vision: torch.nn.Module, connector: MLPConnector, lm: torch.nn.Module, tokenizer: Any
+    ) -> None:
+        super().__init__()
+        self.vision = vision
+        self.connector = connector
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    @cache  # noqa: B019 - one model per process; the cache holds a few small id tensors
+    def _prompt_ids(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids before and after the image tokens: (L_before,), (L_after,)."""
+        enc = self.tokenizer
+        before = enc("<|im_start|>user\n", add_special_tokens=False)["input_ids"]
+        after = enc(f"\n{prompt}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+        return torch.tensor(before), torch.tensor(after["input_ids"])
+
+    def embed_prompt(self, post: torch.Tensor, prompt: str) -> torch.Tensor:
+        """post (B, T, D) -> inputs_embeds (B, L_before + T + L_after, D)."""
+        before, after = (t.to(post.device) for t in self._prompt_ids(prompt))
+        emb = self.lm.get_input_embeddings()
+        b = post.shape[0]
+        return torch.cat(
+            [
+                emb(before).unsqueeze(0).expand(b, -1, -1).to(post.dtype),
+                post,
+                emb(after).unsqueeze(0).expand(b, -1, -1).to(post.dtype),
+            ],
+            dim=1,
+        )
+
+    def caption_loss(
+        self, post: torch.Tensor, captions: list[str], prompt: str = DEFAULT_PROMPT
+    ) -> torch.Tensor:
+        """Per-image mean token NLL of caption + <|im_end|> given the image prefix: (B,)."""
+        prefix = self.embed_prompt(post, prompt)  # (B, P, D)
+        ids = [
+            self.tokenizer(c, add_special_tokens=False)["input_ids"] + [self.eos_id]
+            for c in captions
+        ]
+        width = max(len(i) for i in ids)
+        target = torch.full((len(ids), width), -100, dtype=torch.long)
+        for row, seq in enumerate(ids):
+            target[row, : len(seq)] = torch.tensor(seq)
+        target = target.to(post.device)
+        text_emb = self.lm.get_input_embeddings()(target.clamp(min=0)).to(post.dtype)
+        mask = torch.ones(prefix.shape[0], prefix.shape[1] + width, device=post.device)
+        mask[:, prefix.shape[1] :] = (target != -100).float()
+        logits = self.lm(inputs_embeds=torch.cat([prefix, text_emb], 1), attention_mask=mask).logits
+        # The logit at position p predicts token p + 1: caption token j sits at P + j.
+        pred = logits[:, prefix.shape[1] - 1 : -1].float()  # (B, width, V)
+        nll = F.cross_entropy(pred.transpose(1, 2), target, ignore_index=-100, reduction="none")
+        return nll.sum(1) / (target != -100).sum(1)
+
+    @torch.no_grad()
+    def generate(
+        self, post: torch.Tensor, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 32
+    ) -> list[str]:
+        """Greedy captions from connector outputs post (B, T, D)."""
+        embeds = self.embed_prompt(post, prompt)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        # With inputs_embeds only, generate returns just the new tokens.
+        out = self.lm.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.eos_id,
+        )
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+def build_composed(
+    connector: MLPConnector,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    trust_remote_code: bool = False,
+    check_dims: bool = True,
+) -> tuple[ComposedVLM, Any]:
+    """The VLM a connector belongs to, and its image transform.
+
+    check_dims=False builds the frozen parts around a placeholder connector (training sizes the
+    real one from them afterwards).
+    """
+    cfg = connector.config
+    vision, transform = build_vision(cfg, trust_remote_code=trust_remote_code)
+    if check_dims and vision.dim != cfg.in_dim:
+        raise ValueError(
+            f"connector expects {cfg.in_dim}-d vision tokens but {cfg.vision} gives {vision.dim}"
+        )
+    lm, tok = load_causal_lm(cfg.lm, device, dtype, trust_remote_code=trust_remote_code)
+    if check_dims and lm.config.hidden_size != cfg.out_dim:
+        raise ValueError(
+            f"connector outputs {cfg.out_dim}-d vectors but {cfg.lm} embeds at "
+            f"{lm.config.hidden_size}: this connector was trained for another LM"
+        )
+    model = ComposedVLM(vision, connector, lm, tok).to(device=device)
+    model.vision.to(dtype=dtype)
+    model.connector.to(dtype=dtype)
+    return model.eval(), transform
+
+
+class MiniAdapter(VLMAdapter):
+    name = "mini"
+    default_model_id = str(DEFAULT_CONNECTOR_DIR)
+    hook_point = "connector"
+
+    model: ComposedVLM
+
+    @classmethod
+    def load(
+        cls,
+        model_id: str | None = None,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> MiniAdapter:
+        """model_id: a connector folder (connector.safetensors + config.json)."""
+        folder = Path(model_id or cls.default_model_id)
+        connector = load_connector(folder)
+        model, transform = build_composed(
+            connector, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+        return cls(
+            model,
+            MiniPreprocessor(transform),
+            model_id=str(folder),
+            revision=revision,
+            device=device,
+            dtype=dtype,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.model.connector.config
+        return {**super().describe(), "vision": cfg.vision, "lm": cfg.lm, "grid": cfg.grid}
+
+    @torch.no_grad()
+    def encode(self, inputs: BatchInputs) -> VisionOutput:
+        x = self.to_device(inputs)["pixel_values"]
+        pre = self.model.vision(x)  # (B, T, 1280): fixed token count, so a plain unbind is right
+        post = self.model.connector(pre)  # (B, T, 576)
+        return VisionOutput(list(pre.unbind(0)), list(post.unbind(0)))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: BatchInputs,
+        post: list[torch.Tensor] | None = None,
+        *,
+        max_new_tokens: int = 32,
+    ) -> list[str]:
+        if post is None:
+            post = self.encode(inputs).post
+        prompt = inputs.get("prompt") or DEFAULT_PROMPT
+        stacked = torch.stack([p.to(self.device, self.dtype) for p in post])
+        return self.model.generate(stacked, prompt, max_new_tokens)

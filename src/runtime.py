@@ -1,0 +1,68 @@
+"""Device and dtype choice, and the argparse helpers every stage shares for them."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda when present, else cpu; anything else as torch understands it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto' -> bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on CPU."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown dtype {name!r}; choose auto or one of {sorted(DTYPES)}"
+        ) from None
+
+
+def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", *DTYPES],
+        help="compute dtype; auto = bf16 on GPU, fp32 on CPU",
+    )
+
+
+def parse_assignments(values: list[str] | None, flag: str) -> dict[str, str]:
+    """['a=x', 'b=y'] -> {'a': 'x', 'b': 'y'}, with a clear error for a malformed item."""
+    out: dict[str, str] = {}
+    for v in values or []:
+        name, sep, value = v.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"{flag} expects NAME=VALUE, got {v!r}")
+        out[name] = value
+    return out
+
+
+def csv_list(text: str) -> list[str]:
+    """'a,b, c' -> ['a', 'b', 'c'] (argparse type for comma-separated lists)."""
+    return [t.strip() for t in text.split(",") if t.strip()]
