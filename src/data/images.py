@@ -57,6 +57,25 @@ def list_shards(root: Path) -> list[str]:
     return []
 
 
+def select_shards(
+    root: Path, names: list[str] | None = None, index: int | None = None
+) -> list[str]:
+    """The shards a stage works on: all, those named, or the index-th (a job array's task)."""
+    shards = list_shards(root)
+    if names:
+        missing = sorted(set(names) - set(shards))
+        if missing:
+            raise ValueError(f"shard(s) {missing} not found under {root}")
+        shards = [s for s in shards if s in names]
+    if index is not None:
+        if not 0 <= index < len(shards):
+            raise ValueError(f"--shard_index {index} out of range: {len(shards)} shard(s)")
+        shards = [shards[index]]
+    if not shards:
+        raise ValueError(f"no image shards under {root}")
+    return shards
+
+
 def shard_folder(root: Path, shard: str) -> Path:
     root = Path(root)
     return root if (shard == root.name and not (root / shard).is_dir()) else root / shard

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from src.data.extraction import extract_shard
-from src.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, list_images, list_shards
+from src.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, list_images, select_shards
 from src.data.paths import reference_shard_dir
 from src.models.reference import OFFLINE_REFERENCES, load_reference
 from src.runtime import add_runtime_args, csv_list, resolve_device, resolve_dtype
@@ -38,6 +38,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "mean: mean of last-layer patch tokens",
     )
     p.add_argument("--shards", type=csv_list, help="only these shards (comma-separated)")
+    p.add_argument(
+        "--shard_index", type=int, help="only the i-th shard in sorted order (job-array task)"
+    )
     p.add_argument("--max_images", type=int, help="only the first N images of each shard")
     add_runtime_args(p)
     p.add_argument("--batch_size", type=int, default=32)
@@ -54,14 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
-        shards = list_shards(args.root)
-        if args.shards:
-            missing = sorted(set(args.shards) - set(shards))
-            if missing:
-                raise ValueError(f"shard(s) {missing} not found under {args.root}")
-            shards = [s for s in shards if s in args.shards]
-        if not shards:
-            raise ValueError(f"no image shards under {args.root}")
+        shards = select_shards(args.root, args.shards, args.shard_index)
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
     except (ValueError, FileNotFoundError) as e:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from src.data.extraction import ShardResult, check_identity, extract_shard
-from src.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, list_images, list_shards
+from src.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, list_images, select_shards
 from src.data.io import is_complete, read_manifest
 from src.data.paths import vector_shard_dir
 from src.models import MODEL_NAMES, adapter_class, load_adapter
@@ -51,6 +51,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--revision", action="append", metavar="NAME=REV", help="hub revision per model")
     p.add_argument("--shards", type=csv_list, help="only these shards (comma-separated)")
+    p.add_argument(
+        "--shard_index", type=int, help="only the i-th shard in sorted order (job-array task)"
+    )
     p.add_argument("--max_images", type=int, help="only the first N images of each shard")
     add_runtime_args(p)
     p.add_argument(
@@ -195,14 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"unknown model(s) {unknown}; registered: {', '.join(MODEL_NAMES)}")
         ids = parse_assignments(args.model_id, "--model_id")
         revisions = parse_assignments(args.revision, "--revision")
-        shards = list_shards(args.root)
-        if args.shards:
-            missing = sorted(set(args.shards) - set(shards))
-            if missing:
-                raise ValueError(f"shard(s) {missing} not found under {args.root}")
-            shards = [s for s in shards if s in args.shards]
-        if not shards:
-            raise ValueError(f"no image shards under {args.root}")
+        shards = select_shards(args.root, args.shards, args.shard_index)
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
     except (ValueError, FileNotFoundError) as e:
