@@ -1,0 +1,224 @@
+"""Sample data that needs no network: real photos shipped by scikit-image / scikit-learn, and
+deterministic synthetic scenes whose captions and labels come from the scene itself."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from src.data.io import atomic_write
+
+PHOTO_CAPTIONS = Path(__file__).resolve().parents[2] / "sample" / "photo_captions"
+PHOTO_SHARD = "photos"
+
+# Colours far apart in hue: frozen ImageNet features confuse blue/purple and red/orange, which
+# would cap any caption accuracy measured on these scenes.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "yellow": (240, 215, 40),
+    "green": (35, 165, 60),
+    "blue": (40, 80, 225),
+    "white": (245, 245, 245),
+}
+SHAPES = ("circle", "square", "triangle", "star")
+SIZES = {"small": 0.075, "large": 0.145}  # radius as a share of the image side
+# A 3x3 grid of cells, one object per cell, so objects never overlap; the phrase names the cell.
+CELLS = {
+    (0, 0): "at the top left", (1, 0): "at the top", (2, 0): "at the top right",
+    (0, 1): "on the left", (1, 1): "in the center", (2, 1): "on the right",
+    (0, 2): "at the bottom left", (1, 2): "at the bottom", (2, 2): "at the bottom right",
+}  # fmt: skip
+
+
+@dataclass
+class SceneObject:
+    shape: str
+    colour: str
+    size: str
+    position: str  # the caption's phrase for the object's cell
+    cell: tuple[int, int]  # (column, row) in the 3x3 grid
+    center: tuple[float, float]  # in [0, 1] image coordinates
+    radius: float  # share of the image side
+
+
+@dataclass
+class Scene:
+    background: tuple[int, int, int]
+    objects: list[SceneObject]
+
+
+def make_scene(rng: np.random.Generator) -> Scene:
+    """1-3 objects in distinct grid cells with random shape, colour, size and jitter."""
+    n = int(rng.integers(1, 4))
+    cells = [list(CELLS)[i] for i in rng.choice(len(CELLS), size=n, replace=False)]
+    grey = int(rng.integers(95, 135))
+    objects = []
+    for cell in cells:
+        size = str(rng.choice(list(SIZES)))
+        r = SIZES[size]
+        # centre jittered inside the cell, keeping the whole shape inside it
+        slack = 1 / 3 / 2 - r - 0.01
+        cx = (cell[0] + 0.5) / 3 + float(rng.uniform(-slack, slack))
+        cy = (cell[1] + 0.5) / 3 + float(rng.uniform(-slack, slack))
+        objects.append(
+            SceneObject(
+                shape=str(rng.choice(SHAPES)),
+                colour=str(rng.choice(list(COLOURS))),
+                size=size,
+                position=CELLS[cell],
+                cell=cell,
+                center=(cx, cy),
+                radius=r,
+            )
+        )
+    return Scene(background=(grey, grey, grey + 5), objects=objects)
+
+
+def scene_caption(scene: Scene) -> str:
+    """'a large red circle at the top left and a small blue star in the center.'"""
+    parts = [f"a {o.size} {o.colour} {o.shape} {o.position}" for o in scene.objects]
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return text + "."
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    if shape == "square":
+        h = r * 0.85
+        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if shape == "triangle":
+        return [(cx + r * np.cos(a), cy + r * np.sin(a)) for a in np.radians([-90, 30, 150])]
+    if shape == "star":
+        pts = []
+        for i in range(10):
+            rr = r if i % 2 == 0 else r * 0.45
+            a = np.radians(-90 + 36 * i)
+            pts.append((cx + rr * np.cos(a), cy + rr * np.sin(a)))
+        return pts
+    raise ValueError(f"no polygon for {shape!r}")
+
+
+def render_scene(scene: Scene, size: int = 224, supersample: int = 3) -> Image.Image:
+    """Draw at `supersample` x the size and downscale: anti-aliased edges, like a photo's."""
+    big = size * supersample
+    im = Image.new("RGB", (big, big), scene.background)
+    draw = ImageDraw.Draw(im)
+    for o in scene.objects:
+        cx, cy, r = o.center[0] * big, o.center[1] * big, o.radius * big
+        fill = COLOURS[o.colour]
+        if o.shape == "circle":
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        else:
+            draw.polygon(_polygon(o.shape, cx, cy, r), fill=fill)
+    return im.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def scene_labels(scene: Scene, size: int) -> dict:
+    """Everything a metric may need: per object attributes and pixel bounding boxes."""
+    objects = []
+    for o in scene.objects:
+        d = asdict(o)
+        r = o.radius * size
+        cx, cy = o.center[0] * size, o.center[1] * size
+        d["bbox"] = [round(cx - r, 1), round(cy - r, 1), round(cx + r, 1), round(cy + r, 1)]
+        objects.append(d)
+    return {
+        "count": len(objects),
+        "objects": objects,
+        "caption": scene_caption(scene),
+        "size": size,
+    }
+
+
+def read_labels(image_path: Path) -> dict | None:
+    """The scene labels saved beside an image (<stem>.json), or None for a non-scene image."""
+    p = Path(image_path).with_suffix(".json")
+    if not p.exists():
+        return None
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+def _write_if_missing(path: Path, data: bytes) -> bool:
+    if path.exists():
+        return False
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return True
+
+
+def _jpeg(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def scene_shard(i: int, n: int, n_shards: int) -> str:
+    """Contiguous blocks of scenes per shard: synth_00 gets the first n / n_shards."""
+    per = -(-n // n_shards)
+    return f"synth_{i // per:02d}"
+
+
+def write_scenes(
+    out_root: Path, n: int = 2000, n_shards: int = 4, size: int = 224, seed: int = 0
+) -> list[Path]:
+    """n scenes as <out_root>/synth_XX/scene_<i>.jpg + .txt caption + .json labels.
+
+    Scene i depends only on (seed, i); existing files are kept (a rerun writes nothing new).
+    """
+    paths = []
+    for i in range(n):
+        folder = Path(out_root) / scene_shard(i, n, n_shards)
+        stem = folder / f"scene_{i:06d}"
+        img = stem.with_suffix(".jpg")
+        if not (img.exists() and stem.with_suffix(".json").exists()):
+            scene = make_scene(np.random.default_rng([seed, i]))
+            labels = scene_labels(scene, size)
+            _write_if_missing(stem.with_suffix(".txt"), (labels["caption"] + "\n").encode())
+            _write_if_missing(
+                stem.with_suffix(".json"), (json.dumps(labels, indent=1) + "\n").encode()
+            )
+            _write_if_missing(img, _jpeg(render_scene(scene, size)))
+        paths.append(img)
+    return paths
+
+
+def photo_arrays() -> dict[str, np.ndarray]:
+    """The colour photos shipped inside scikit-image and scikit-learn (no download)."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    photos: dict[str, np.ndarray] = {}
+    for cap in sorted(PHOTO_CAPTIONS.glob("*.txt")):
+        loader = getattr(skimage.data, cap.stem, None)
+        if loader is not None:
+            try:
+                photos[cap.stem] = loader()
+            except (ModuleNotFoundError, OSError, ValueError):
+                continue  # a file this scikit-image build would have to download
+    sk = load_sample_images()
+    for name, im in zip(sk.filenames, sk.images, strict=True):
+        photos[Path(name).stem] = im
+    return {k: v for k, v in photos.items() if (PHOTO_CAPTIONS / f"{k}.txt").exists()}
+
+
+def write_photos(out_root: Path) -> list[Path]:
+    """<out_root>/photos/<stem>.jpg with the committed caption beside it."""
+    folder = Path(out_root) / PHOTO_SHARD
+    paths = []
+    for stem, arr in sorted(photo_arrays().items()):
+        img = Image.fromarray(arr)
+        if img.mode == "RGBA":  # the scikit-image logo: composite its transparency on white
+            canvas = Image.new("RGBA", img.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(canvas, img)
+        path = folder / f"{stem}.jpg"
+        _write_if_missing(path, _jpeg(img.convert("RGB")))
+        _write_if_missing(path.with_suffix(".txt"), (PHOTO_CAPTIONS / f"{stem}.txt").read_bytes())
+        paths.append(path)
+    return paths
+
+
+def file_count(folder: Path) -> int:
+    return sum(1 for p in Path(folder).glob("*.jpg")) if Path(folder).is_dir() else 0
