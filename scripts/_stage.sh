@@ -5,7 +5,9 @@
 # Environment:
 #   BRIDGESCOPE_PYTHON  interpreter to run (default: .venv/bin/python if present, else python3)
 #   BRIDGESCOPE_SETUP   optional file to source first (module loads, conda activation, ...)
-# Under a job array, task i processes the i-th shard (sorted) through --shard_index.
+#   BRIDGESCOPE_NUM_PROCESSES  N > 1 runs the stage under `accelerate launch` with N processes
+# Under a job array, a wrapper that sets ARRAY_FLAG (e.g. --shard_index) passes the task id with
+# it, so task i processes the i-th shard (sorted).
 
 bridgescope_run() {  # bridgescope_run USAGE MODULE [STAGE ARGS...]
   local usage=$1 module=$2
@@ -25,9 +27,14 @@ bridgescope_run() {  # bridgescope_run USAGE MODULE [STAGE ARGS...]
     if [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
   fi
   local extra=()
-  if [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
-    extra=(--shard_index "$SLURM_ARRAY_TASK_ID")
+  if [ -n "${SLURM_ARRAY_TASK_ID:-}" ] && [ -n "${ARRAY_FLAG:-}" ]; then
+    extra=("$ARRAY_FLAG" "$SLURM_ARRAY_TASK_ID")
   fi
   echo "[$(date -u +%FT%TZ)] $(hostname) job ${SLURM_JOB_ID:-local} task ${SLURM_ARRAY_TASK_ID:--}: $module" >&2
-  "$py" -m "$module" "$@" "${extra[@]}"
+  if [ "${BRIDGESCOPE_NUM_PROCESSES:-1}" -gt 1 ]; then
+    "$py" -m accelerate.commands.launch --multi_gpu --num_processes "$BRIDGESCOPE_NUM_PROCESSES" \
+      -m "$module" "$@" "${extra[@]}"
+  else
+    "$py" -m "$module" "$@" "${extra[@]}"
+  fi
 }
