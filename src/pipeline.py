@@ -16,7 +16,9 @@ from pathlib import Path
 from src.data import make_sample
 from src.data.io import read_manifest
 from src.data.paths import list_vector_shards, vector_shard_dir
+from src.eval import eval_recon
 from src.extract import extract_clip, extract_vectors
+from src.train import export_recon, train_recon
 
 Step = tuple[str, Callable[[list[str]], int], list[str]]
 
@@ -30,6 +32,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_scenes", type=int, default=2000, help="synthetic scenes to generate")
     p.add_argument("--shards", type=int, default=4, help="synthetic scene shards")
     p.add_argument("--models", default="mini", help="models for extract_vectors (default mini)")
+    p.add_argument(
+        "--model_id",
+        action="append",
+        metavar="NAME=ID",
+        help="hub id or local path per model, passed to extract_vectors",
+    )
+    p.add_argument("--results", type=Path, default=Path("results"), help="result tables")
+    p.add_argument("--recon_epochs", type=int, default=20)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--num_workers", type=int, default=2)
@@ -37,55 +47,48 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def flags(**kw: object) -> list[str]:
+    """flags(root=p, skip_existing=True) -> ['--root', 'p', '--skip_existing']; None/False drop."""
+    out: list[str] = []
+    for k, v in kw.items():
+        if v is None or v is False:
+            continue
+        out += [f"--{k}"] if v is True else [f"--{k}", str(v)]
+    return out
+
+
 def plan(args: argparse.Namespace) -> list[Step]:
-    images = args.data / "sample"
-    common = [
-        "--device",
-        args.device,
-        "--batch_size",
-        str(args.batch_size),
-        "--num_workers",
-        str(args.num_workers),
-        "--skip_existing",
-    ]
-    if args.no_progress:
-        common.append("--no_progress")
+    """The steps of the sample study, each a stage's main() and its argv."""
+    data, images = args.data, args.data / "sample"
+    quiet = args.no_progress
+    loader = dict(device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
+                  skip_existing=True, no_progress=quiet)  # fmt: skip
     steps: list[Step] = [
-        (
-            "sample data",
-            make_sample.main,
-            ["--out", str(images), "--n_scenes", str(args.n_scenes), "--shards", str(args.shards)],
-        ),
-        (
-            "E_pre / E_post",
-            extract_vectors.main,
-            [
-                "--root",
-                str(images),
-                "--out_dir",
-                str(args.data / "vector"),
-                "--models",
-                args.models,
-                *common,
-            ],
-        ),
-    ]
+        ("sample data", make_sample.main,
+         flags(out=images, n_scenes=args.n_scenes, shards=args.shards)),
+        ("E_pre / E_post", extract_vectors.main,
+         flags(root=images, out_dir=data / "vector", models=args.models, **loader)
+         + [a for mid in args.model_id or [] for a in ("--model_id", mid)]),
+    ]  # fmt: skip
     for ref in ("efficientnet-lite0", "minilm"):
-        steps.append(
-            (
-                f"reference {ref}",
-                extract_clip.main,
-                [
-                    "--root",
-                    str(images),
-                    "--out_dir",
-                    str(args.data / "clip_ref" / ref),
-                    "--model_id",
-                    ref,
-                    *common,
-                ],
-            )
-        )
+        steps.append((f"reference {ref}", extract_clip.main,
+                      flags(root=images, out_dir=data / "clip_ref" / ref, model_id=ref,
+                            **loader)))  # fmt: skip
+    for model in args.models.split(","):
+        recon = data / "recon" / model
+        common = dict(embed_model=model, skip_existing=True, no_progress=quiet)
+        steps += [
+            (f"reconstructor {model}", train_recon.main,
+             flags(vec_dir=data / "vector" / model, out_dir=recon, model_type="mlp",
+                   normalize=True, epochs=args.recon_epochs, hidden_size=1024, num_layers=2,
+                   batch_size=32, device=args.device, **common)),
+            (f"export reconstruction {model}", export_recon.main,
+             flags(vec_root=data / "vector", model_dir=recon, out_base=data / "vector_recon",
+                   device=args.device, **common)),
+            (f"evaluate reconstruction {model}", eval_recon.main,
+             flags(vec_root=data / "vector", model_dir=recon, recon_root=data / "vector_recon",
+                   out_dir=args.results / "recon", **common)),
+        ]  # fmt: skip
     return steps
 
 

@@ -64,6 +64,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--skip_existing",
+        action="store_true",
+        help="do nothing when this model's result table exists",
+    )
     p.add_argument("--no_progress", action="store_true")
     return p
 
@@ -108,6 +113,10 @@ def ridge_predict(w: torch.Tensor, pre: torch.Tensor, post: torch.Tensor, expand
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     model_dir = args.model_dir or Path("data/recon") / args.embed_model
+    summary_path = args.out_dir / f"recon_{args.embed_model}.json"
+    if args.skip_existing and summary_path.exists():
+        print_summary(json.loads(summary_path.read_text(encoding="utf-8")))
+        return 0
     try:
         _, cfg = load_recon(model_dir, args.embed_model)
         train_manifest = read_manifest(model_dir) or {}
@@ -180,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     out = args.out_dir
     atomic_write(out / f"recon_{args.embed_model}.csv", lambda tmp: df.to_csv(tmp, index=False))
-    write_json_atomic(out / f"recon_{args.embed_model}.json", summary)
+    write_json_atomic(summary_path, summary)
     write_manifest(
         out,
         stage="eval_recon",
@@ -188,16 +197,21 @@ def main(argv: list[str] | None = None) -> int:
         args=vars(args),
         reconstructor=str(model_dir),
     )
-    for method in METHODS:
-        m = summary["methods"][method]
-        print(
-            f"  {method:14s} cosine {m['cosine']['mean']:.3f} "
-            f"[{m['cosine']['ci_low']:.3f}, {m['cosine']['ci_high']:.3f}]  "
-            f"MSE(std) {m['mse_standardised']['mean']:.3f} "
-            f"[{m['mse_standardised']['ci_low']:.3f}, {m['mse_standardised']['ci_high']:.3f}]"
-        )
-    print(json.dumps({"n_images": summary["n_images"]}))
+    print_summary(summary)
     return 0
+
+
+def print_summary(summary: dict) -> None:
+    print(
+        f"[{summary['embed_model']}] E_pre recovered from E_post, {summary['n_images']} "
+        f"{summary['split']} images, mean [95% bootstrap CI]:"
+    )
+    for method, m in summary["methods"].items():
+        c, e = m["cosine"], m["mse_standardised"]
+        print(
+            f"  {method:14s} cosine {c['mean']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]  "
+            f"MSE(std) {e['mean']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
+        )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from src.data.io import load_torch, save_torch_atomic, write_json_atomic, write_manifest
+from src.data.io import (
+    is_complete,
+    load_torch,
+    save_torch_atomic,
+    write_json_atomic,
+    write_manifest,
+)
 from src.runtime import csv_list
 from src.training.recon import (
     STATS_NAME,
@@ -82,6 +88,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         "for time-limited jobs",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (accelerate places it)")
+    p.add_argument(
+        "--skip_existing",
+        action="store_true",
+        help="do nothing when out_dir already holds a finished run (its manifest)",
+    )
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
     p.add_argument("--no_progress", action="store_true")
     return p
@@ -204,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    if args.skip_existing and not args.eval_only and is_complete(args.out_dir):
+        print(f"[{args.embed_model}] {args.out_dir} already holds a finished reconstructor")
+        return 0
     try:
         sources = pair_sources(shard_dirs(args.vec_dir, args.shards))
         if args.eval_only:
