@@ -140,3 +140,11 @@ def test_caption_attribute_metrics():
     caps = ["a red circle", "a blue square", "a green circle", "something else"]
     assert attribute_accuracy(caps, ["red", "blue", "blue", "red"], colours) == 0.5
     assert majority_baseline(["red", "red", "blue"], ["red", "blue"]) == ("red", 0.5)
+
+
+def test_mini_connect_equals_encode(mini_adapter):
+    from PIL import Image
+
+    inputs = mini_adapter.preprocessor([Image.new("RGB", (50, 40), (200, 10, 10))])
+    out = mini_adapter.encode(inputs)
+    torch.testing.assert_close(mini_adapter.connect(inputs, out.pre)[0], out.post[0])

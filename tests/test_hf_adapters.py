@@ -125,3 +125,13 @@ def test_unknown_model_name():
 def test_missing_local_model_fails_clearly(tmp_path: Path):
     with pytest.raises((OSError, ValueError)):
         load_adapter("llava", str(tmp_path / "nothing"))
+
+
+def test_connect_reproduces_post_from_pre(adapter, images):
+    """The connector alone on captured E_pre gives the captured E_post (the path that captions
+    reconstructed E_pre take)."""
+    inputs = adapter.preprocessor(images)
+    out = adapter.encode(inputs)
+    again = adapter.connect(inputs, out.pre)
+    for mine, want in zip(again, out.post, strict=True):
+        torch.testing.assert_close(mine, want, rtol=1e-4, atol=1e-5)

@@ -96,6 +96,13 @@ class VLMAdapter(ABC):
         replaces the connector output for image i, so captions come from modified E_post.
         """
 
+    @abstractmethod
+    def connect(self, inputs: BatchInputs, pre: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Run the connector alone on per-image E_pre (e.g. reconstructed): -> per-image E_post.
+
+        inputs: the batch's preprocessor output (layouts such as crops come from it).
+        """
+
     def connector(self) -> torch.nn.Module:
         return self.model.get_submodule(self.hook_point)
 

@@ -145,6 +145,15 @@ class HFAdapter(VLMAdapter):
                 out = self.model.generate(**batch, **kwargs)
         return self.preprocessor.decode(out[:, batch["input_ids"].shape[1] :])
 
+    @torch.no_grad()
+    def connect(self, inputs: BatchInputs, pre: list[torch.Tensor]) -> list[torch.Tensor]:
+        vis = self.vision_inputs(inputs)
+        return self.connect_batch(vis, [p.to(self.device, self.dtype) for p in pre])
+
+    @abstractmethod
+    def connect_batch(self, vis: BatchInputs, pre: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The connector on per-image E_pre (split's layout) -> per-image E_post."""
+
     @abstractmethod
     def split(
         self, vis: BatchInputs, pre: torch.Tensor, post: torch.Tensor

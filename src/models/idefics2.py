@@ -55,6 +55,18 @@ class Idefics2Adapter(HFAdapter):
             start += k
         return pre_out, post_out
 
+    def connect_batch(self, vis: BatchInputs, pre: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Scatter each image's real patches back into its padded crops, then resample."""
+        crops, patch_mask = self._layout(vis)
+        dim = pre[0].shape[-1]
+        padded = pre[0].new_zeros(patch_mask.shape[0], patch_mask.shape[1], dim)
+        start = 0
+        for rows, k in zip(pre, crops.tolist(), strict=True):
+            padded[start : start + k][patch_mask[start : start + k]] = rows
+            start += k
+        out = self.connector()(padded, attention_mask=patch_mask)  # (n_real, latents, D_text)
+        return list(o.reshape(-1, o.shape[-1]) for o in torch.split(out, crops.tolist()))
+
     def merge(self, vis: BatchInputs, post: list[torch.Tensor]) -> torch.Tensor:
         crops, _ = self._layout(vis)
         latents = self.model.config.perceiver_config.resampler_n_latents

@@ -23,3 +23,6 @@ class LlavaAdapter(HFAdapter):
 
     def merge(self, vis: BatchInputs, post: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(post)  # (B, T, D_text)
+
+    def connect_batch(self, vis: BatchInputs, pre: list[torch.Tensor]) -> list[torch.Tensor]:
+        return list(self.connector()(torch.stack(pre)).unbind(0))

@@ -235,6 +235,11 @@ class MiniAdapter(VLMAdapter):
         return VisionOutput(list(pre.unbind(0)), list(post.unbind(0)))
 
     @torch.no_grad()
+    def connect(self, inputs: BatchInputs, pre: list[torch.Tensor]) -> list[torch.Tensor]:
+        x = torch.stack([p.to(self.device, self.dtype) for p in pre])
+        return list(self.model.connector(x).unbind(0))
+
+    @torch.no_grad()
     def generate(
         self,
         inputs: BatchInputs,

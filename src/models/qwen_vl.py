@@ -113,6 +113,13 @@ class QwenMergerAdapter(HFAdapter):
         post_out = list(torch.split(post, [c // unit for c in counts]))
         return pre_out, post_out
 
+    def connect_batch(self, vis: BatchInputs, pre: list[torch.Tensor]) -> list[torch.Tensor]:
+        # The merger maps each group of `unit` consecutive rows on its own, so the window order
+        # the ViT uses does not matter here: spatial order in, spatial order out.
+        unit = self.model.model.visual.spatial_merge_size**2
+        out = self.connector()(torch.cat(pre))
+        return list(torch.split(out, [p.shape[0] // unit for p in pre]))
+
     def merge(self, vis: BatchInputs, post: list[torch.Tensor]) -> torch.Tensor:
         merged = torch.cat(post)
         order = self._window_order(vis)
