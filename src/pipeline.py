@@ -17,7 +17,7 @@ from src.data import make_sample
 from src.data.io import read_manifest
 from src.data.paths import list_vector_shards, vector_shard_dir
 from src.eval import eval_recon
-from src.extract import extract_clip, extract_vectors
+from src.extract import extract_clip, extract_knn, extract_vectors
 from src.train import export_recon, train_recon
 
 Step = tuple[str, Callable[[list[str]], int], list[str]]
@@ -74,9 +74,18 @@ def plan(args: argparse.Namespace) -> list[Step]:
         steps.append((f"reference {ref}", extract_clip.main,
                       flags(root=images, out_dir=data / "clip_ref" / ref, model_id=ref,
                             **loader)))  # fmt: skip
+    refs = [f"{ref}:{data / 'clip_ref' / ref}" for ref in ("efficientnet-lite0", "minilm")]
     for model in args.models.split(","):
         recon = data / "recon" / model
         common = dict(embed_model=model, skip_existing=True, no_progress=quiet)
+        vec = data / "vector" / model
+        steps += [
+            (f"geometry {model}", extract_knn.main,
+             flags(pre_pt=vec, post_pt=vec, out_dir=args.results / "knn" / model,
+                   device=args.device, skip_existing=True, no_progress=quiet,
+                   svd_per_image_csv=True)
+             + [a for r in refs for a in ("--ref", r)]),
+        ]  # fmt: skip
         steps += [
             (f"reconstructor {model}", train_recon.main,
              flags(vec_dir=data / "vector" / model, out_dir=recon, model_type="mlp",

@@ -187,6 +187,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             for metric in ("mse_standardised", "cosine")
         }
+    # Per shard too: one out-of-distribution shard (photos among synthetic scenes) can dominate
+    # a pooled mean of squared errors.
+    summary["by_shard"] = {
+        shard: {
+            method: {m: float(g[g["method"] == method][m].mean())
+                     for m in ("mse_standardised", "cosine")} | {"n": int(g["key"].nunique())}
+            for method in METHODS
+        }
+        for shard, g in df.groupby("shard")
+    }  # fmt: skip
     out = args.out_dir
     atomic_write(out / f"recon_{args.embed_model}.csv", lambda tmp: df.to_csv(tmp, index=False))
     write_json_atomic(summary_path, summary)
@@ -212,6 +222,9 @@ def print_summary(summary: dict) -> None:
             f"  {method:14s} cosine {c['mean']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]  "
             f"MSE(std) {e['mean']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
         )
+    for shard, by in summary.get("by_shard", {}).items():
+        parts = ", ".join(f"{m} {v['cosine']:.3f}" for m, v in by.items())
+        print(f"    {shard} (n={by['reconstructor']['n']}): cosine {parts}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,514 @@
+"""Exact k-nearest-neighbour search and neighbourhood agreement between two spaces of one image set.
+
+Conventions shared by every function here (DESIGN.md, "Metrics: definitions"):
+
+- Rows are images: x is (N, D), row i of space A and row i of space B are the same image.
+- metric "cos": distance 1 - <x_i/|x_i|, x_j/|x_j|>; metric "l2": squared Euclidean distance
+  |x_i|^2 + |x_j|^2 - 2 <x_i, x_j>, clamped at 0 (squared, so that the value we sort by is the
+  value we return; take the square root for Euclidean distances, the order is the same).
+- Self is excluded: N_k(i) never contains i (an exact duplicate of i is a neighbour at distance 0).
+- Ties are broken by (distance, index): neighbours are sorted by distance, then by index, so results
+  are deterministic and the first k' columns of a k-search are exactly the k'-search (k' < k).
+  A tie is an exact equality of the computed distances (float32, or float64 for float64 input).
+  Distances that differ only by rounding are not ties: another device, BLAS or block size may
+  round them, and so order such near-ties, differently. Exact duplicate points always tie.
+- Memory is O(block_size x N): no N x N matrix is ever built. Computation runs on x's device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+Metric = Literal["cos", "l2"]
+METRICS: tuple[str, ...] = ("cos", "l2")
+
+# --------------------------------------------------------------------------------------------
+# validation and distance blocks
+# --------------------------------------------------------------------------------------------
+
+
+def check_features(x: Tensor, name: str = "x", *, finite: bool = True) -> None:
+    """Raise ValueError unless x is a non-empty (N, D) tensor whose rows are all finite.
+
+    finite=False skips the finiteness pass (a caller that checks its result instead).
+    """
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D (N, D) tensor, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name}: empty input, shape {tuple(x.shape)}")
+    if finite and x.is_floating_point():
+        bad = ~torch.isfinite(x).all(dim=1)
+        if bool(bad.any()):
+            rows = bad.nonzero().flatten()
+            raise ValueError(
+                f"{name}: {rows.numel()} of {x.shape[0]} rows contain NaN or Inf "
+                f"(first rows: {rows[:5].tolist()})"
+            )
+
+
+def check_same_n(n_a: int, n_b: int, what: str = "rows") -> None:
+    """Raise ValueError unless both spaces describe the same number of images."""
+    if n_a != n_b:
+        raise ValueError(
+            f"mismatched N between the two spaces: {n_a} vs {n_b} {what}; rows must be the same "
+            "images in the same order"
+        )
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+
+
+def _check_k(k: int, n: int) -> None:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if n <= k:
+        raise ValueError(f"k={k} needs at least k+1={k + 1} points (self is excluded), got N={n}")
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    # float32 accumulation at least (half inputs are upcast); float64 input stays float64.
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _prepare(x: Tensor, metric: str, name: str = "x") -> tuple[Tensor, Tensor | None]:
+    """Validated copy of x in the compute dtype: unit rows for cos, (x, |x|^2) for l2.
+
+    x: (N, D) -> (N, D), and squared norms (N,) for l2 (None for cos).
+    """
+    _check_metric(metric)
+    check_features(x, name)
+    xp = x.to(_compute_dtype(x)).contiguous()
+    sq = (xp * xp).sum(dim=1)
+    if metric == "cos":
+        zero = sq == 0
+        if bool(zero.any()):
+            rows = zero.nonzero().flatten()
+            raise ValueError(
+                f"{name}: cosine distance is undefined for all-zero rows: {rows.numel()} rows "
+                f"(first rows: {rows[:5].tolist()})"
+            )
+        return xp / sq.sqrt().unsqueeze(1), None
+    return xp, sq
+
+
+def _distance_block(
+    q: Tensor, x: Tensor, q_sq: Tensor | None, x_sq: Tensor | None, out: Tensor
+) -> Tensor:
+    """Distances from the rows of q to the rows of x, written into out.
+
+    q: (b, D), x: (m, D), squared norms (b,), (m,) for l2 or None for cos (rows already unit);
+    out: contiguous (b, m). One GEMM with the bias folded in, then at most two in-place passes.
+    """
+    if x_sq is None:  # cos: 1 - q x^T
+        ones = torch.ones(1, x.shape[0], dtype=x.dtype, device=x.device)
+        return torch.addmm(ones, q, x.T, alpha=-1.0, out=out)
+    assert q_sq is not None
+    torch.addmm(x_sq.unsqueeze(0), q, x.T, alpha=-2.0, out=out)
+    # Rounding can push the distance of (near-)duplicates below 0; clamping makes them exact ties.
+    return out.add_(q_sq.unsqueeze(1)).clamp_(min=0.0)
+
+
+def pairwise_distances(a: Tensor, b: Tensor, metric: Metric = "cos") -> Tensor:
+    """Dense distances between the rows of a and b, with the conventions of this module.
+
+    a: (n, D), b: (m, D) -> (n, m). For small inputs and tests: this one does build n x m.
+    """
+    ap, a_sq = _prepare(a, metric, "a")
+    bp, b_sq = _prepare(b.to(ap.dtype), metric, "b")
+    if ap.shape[1] != bp.shape[1]:
+        raise ValueError(f"dimension mismatch: a has D={ap.shape[1]}, b has D={bp.shape[1]}")
+    out = torch.empty(ap.shape[0], bp.shape[0], dtype=ap.dtype, device=ap.device)
+    return _distance_block(ap, bp, a_sq, b_sq, out)
+
+
+# --------------------------------------------------------------------------------------------
+# exact kNN
+# --------------------------------------------------------------------------------------------
+
+
+def _sort_by_dist_then_index(vals: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+    """Sort each row lexicographically by (value, index). vals, idx: (n, m) -> (n, m), (n, m)."""
+    idx, order = idx.sort(dim=1)
+    vals = vals.gather(1, order)
+    vals, order = vals.sort(dim=1, stable=True)  # stable: equal values keep index order
+    return vals, idx.gather(1, order)
+
+
+def _finish(
+    vals: Tensor,
+    idx: Tensor,
+    k: int,
+    exact_rows: Callable[[Tensor], tuple[Tensor, Tensor]],
+    presorted: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Turn per-row candidate sets of size k+1 into the exact k-NN in (distance, index) order.
+
+    Each row of (vals, idx) (n, k+1) holds k+1 candidates (sorted by value if presorted) such
+    that every point left out is at distance >= the largest candidate. If the k-th and (k+1)-th
+    smallest differ, the k smallest are the unique answer (whatever topk chose among equal
+    values); if they are equal the tie may extend past the candidates, so that row is redone over
+    its whole distance row by exact_rows(rows (r,)) -> (r, k), (r, k). Rows with a tie inside the
+    k are re-sorted by (distance, index). Ties are rare, so only those rows pay for it.
+    """
+    if not presorted:
+        vals, order = vals.sort(dim=1)
+        idx = idx.gather(1, order)
+    equal_next = vals[:, 1:] == vals[:, :-1]  # (n, k): entry m equals entry m + 1
+    boundary = equal_next[:, k - 1]
+    inner = equal_next[:, : k - 1].any(dim=1) & ~boundary
+    vals, idx = vals[:, :k].contiguous(), idx[:, :k].contiguous()
+    if bool(inner.any()):
+        rows = inner.nonzero().flatten()
+        vals[rows], idx[rows] = _sort_by_dist_then_index(vals[rows], idx[rows])
+    if bool(boundary.any()):
+        rows = boundary.nonzero().flatten()
+        vals[rows], idx[rows] = exact_rows(rows)
+    return vals, idx
+
+
+def _knn_rowblock(
+    xp: Tensor, x_sq: Tensor | None, k: int, block_size: int
+) -> tuple[Tensor, Tensor]:
+    """One (block, N) distance block per row range, top-(k+1) per row, ties fixed in the block."""
+    n = xp.shape[0]
+    buf = torch.empty(min(block_size, n) * n, dtype=xp.dtype, device=xp.device)
+    out_v = torch.empty(n, k, dtype=xp.dtype, device=xp.device)
+    out_i = torch.empty(n, k, dtype=torch.long, device=xp.device)
+    for s in range(0, n, block_size):
+        e = min(s + block_size, n)
+        q_sq = None if x_sq is None else x_sq[s:e]
+        d = _distance_block(xp[s:e], xp, q_sq, x_sq, buf[: (e - s) * n].view(e - s, n))
+        d.diagonal(offset=s).fill_(torch.inf)  # exclude self
+        # k + 1 <= n candidates: one more than needed, to see whether the k-th is tied.
+        v, i = d.topk(k + 1, dim=1, largest=False)
+
+        def exact_rows(rows: Tensor, d: Tensor = d) -> tuple[Tensor, Tensor]:
+            # Redo tied rows from the very same distances; column indices ascend, so a stable
+            # sort by distance is the (distance, index) order.
+            vals, idx = d[rows].sort(dim=1, stable=True)
+            return vals[:, :k], idx[:, :k]
+
+        out_v[s:e], out_i[s:e] = _finish(v, i, k, exact_rows, presorted=True)
+    return out_v, out_i
+
+
+def _knn_symmetric(
+    xp: Tensor, x_sq: Tensor | None, k: int, block_size: int
+) -> tuple[Tensor, Tensor]:
+    """Lower-triangle blocks only: block J computes its rows against columns [0, end of J).
+
+    The distance matrix is symmetric, so the same (b, e) slab also holds, transposed, the distances
+    from every earlier row c < s to the b rows of J. Rows of J take their top-(k+1) over the slab.
+    For earlier rows only entries below their current (k+1)-th best can enter, which after the
+    first blocks is a few per row: those are gathered (mask + nonzero) and merged. Half the GEMM
+    work, for a mask pass and the merges.
+    """
+    n = xp.shape[0]
+    k1 = k + 1
+    dev = xp.device
+    inf = torch.inf
+    # Running candidate sets; placeholders (inf, -1) lose to any real candidate.
+    vals = torch.full((n, k1), inf, dtype=xp.dtype, device=dev)
+    idx = torch.full((n, k1), -1, dtype=torch.long, device=dev)
+    buf = torch.empty(min(block_size, n) * n, dtype=xp.dtype, device=dev)
+    for s in range(0, n, block_size):
+        e = min(s + block_size, n)
+        b = e - s
+        q_sq = None if x_sq is None else x_sq[s:e]
+        c_sq = None if x_sq is None else x_sq[:e]
+        d = _distance_block(xp[s:e], xp[:e], q_sq, c_sq, buf[: b * e].view(b, e))
+        d.diagonal(offset=s).fill_(inf)
+        kk = min(k1, e)
+        v, i = d.topk(kk, dim=1, largest=False, sorted=False)
+        vals[s:e, :kk], idx[s:e, :kk] = v, i
+        if s == 0:
+            continue
+        # Column direction: d[r, c] (c < s) is also the distance from row c to row s + r.
+        # Strict "<": a point equal to the current (k+1)-th best may be left out, which keeps the
+        # invariant _finish relies on (everything left out is >= the largest candidate).
+        thr = vals[:s].amax(dim=1)
+        mask_t = (d[:, :s] < thr).T.contiguous()  # (s, b), so nonzero comes out column-major
+        cols, rows = mask_t.nonzero(as_tuple=True)
+        m = cols.numel()
+        if m == 0:
+            continue
+        cand_v = d.reshape(-1)[rows * e + cols]
+        # Pack each column's candidates into a padded (s, width) table, then merge by topk.
+        counts = torch.bincount(cols, minlength=s)
+        width = int(counts.max())
+        starts = torch.cumsum(counts, 0) - counts
+        slot = cols * width + (torch.arange(m, device=dev) - starts[cols])
+        pad_v = torch.full((s * width,), inf, dtype=xp.dtype, device=dev)
+        pad_i = torch.full((s * width,), -1, dtype=torch.long, device=dev)
+        pad_v[slot] = cand_v
+        pad_i[slot] = rows + s
+        all_v = torch.cat([vals[:s], pad_v.view(s, width)], dim=1)
+        all_i = torch.cat([idx[:s], pad_i.view(s, width)], dim=1)
+        v2, j2 = all_v.topk(k1, dim=1, largest=False, sorted=False)
+        vals[:s], idx[:s] = v2, all_i.gather(1, j2)
+
+    def exact_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
+        d = torch.empty(rows.numel(), n, dtype=xp.dtype, device=dev)
+        _distance_block(xp[rows], xp, None if x_sq is None else x_sq[rows], x_sq, out=d)
+        d[torch.arange(rows.numel(), device=dev), rows] = inf
+        vals, idx = d.sort(dim=1, stable=True)
+        return vals[:, :k], idx[:, :k]
+
+    return _finish(vals, idx, k, exact_rows)
+
+
+def knn(
+    x: Tensor,
+    k: int,
+    *,
+    metric: Metric = "cos",
+    block_size: int = 2048,
+    symmetric: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Exact k nearest neighbours of every row of x among the other rows.
+
+    x: (N, D), N > k, finite -> (dist (N, k), idx (N, k) int64) on x's device, each row sorted by
+    (distance, index) (see the module docstring for metrics and ties). dist is float32 (float64
+    for float64 input). Memory O(block_size x N).
+
+    symmetric=False (default): full (block_size, N) row blocks, one GEMM per block, so all
+    distances of a row come from one BLAS call and exact duplicates always tie.
+    symmetric=True: only the lower triangle of the distance matrix (half the GEMM work; see
+    bench/bench_geometry.py for what it buys). A row's distances then come from several BLAS
+    calls of different shapes; on a BLAS whose rounding depends on the shape (GPU split-K, GEMV
+    for one-row blocks) two exact duplicates can round apart and stop tying.
+    """
+    xp, x_sq = _prepare(x, metric)
+    _check_k(k, xp.shape[0])
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    if symmetric:
+        return _knn_symmetric(xp, x_sq, k, block_size)
+    return _knn_rowblock(xp, x_sq, k, block_size)
+
+
+# --------------------------------------------------------------------------------------------
+# agreement between two spaces
+# --------------------------------------------------------------------------------------------
+
+
+def _check_neighbors(nbrs: Tensor, name: str) -> None:
+    if not isinstance(nbrs, Tensor) or nbrs.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D (N, k) index tensor")
+    if nbrs.shape[0] == 0 or nbrs.shape[1] == 0:
+        raise ValueError(f"{name}: empty neighbour lists, shape {tuple(nbrs.shape)}")
+    if nbrs.is_floating_point():
+        raise ValueError(f"{name}: neighbour indices must be integers, got {nbrs.dtype}")
+
+
+def knn_overlap(nbrs_a: Tensor, nbrs_b: Tensor) -> Tensor:
+    """Per-image kNN overlap (the seed's KNOR): |N_k^A(i) ∩ N_k^B(i)| / k.
+
+    nbrs_a, nbrs_b: (N, k) neighbour indices of the same N images in two spaces (no repeats
+    within a row, e.g. from knn) -> (N,) float64 in [0, 1]. Chance level: knn_overlap_chance.
+    Vectorised with sort + searchsorted: O(N k log k) time, O(N k) memory.
+    """
+    _check_neighbors(nbrs_a, "nbrs_a")
+    _check_neighbors(nbrs_b, "nbrs_b")
+    check_same_n(nbrs_a.shape[0], nbrs_b.shape[0], "rows of neighbour lists")
+    if nbrs_a.shape[1] != nbrs_b.shape[1]:
+        raise ValueError(
+            f"different k: nbrs_a has {nbrs_a.shape[1]} neighbours per row, nbrs_b "
+            f"{nbrs_b.shape[1]}; slice both to the same k"
+        )
+    k = nbrs_a.shape[1]
+    a = nbrs_a.long()
+    b_sorted = nbrs_b.to(a.device).long().sort(dim=1).values
+    pos = torch.searchsorted(b_sorted, a).clamp_(max=k - 1)
+    hits = (b_sorted.gather(1, pos) == a).sum(dim=1)
+    return hits.double() / k
+
+
+def knn_overlap_chance(n: int, k: int) -> float:
+    """Expected knn_overlap of two independent random k-neighbourhoods: k / (n - 1)."""
+    _check_k(k, n)
+    return k / (n - 1)
+
+
+def mutual_knn(x_a: Tensor, x_b: Tensor, k: int, *, block_size: int = 2048) -> Tensor:
+    """platonic-rep's "mutual_knn", under its own name: the cosine kNN overlap, per image.
+
+    x_a: (N, Da), x_b: (N, Db) -> (N,) float64; .mean() is platonic-rep's score (they L2-normalise
+    and take the top-k inner products: knn(metric="cos") here, with our exact tie rule).
+    """
+    check_features(x_a, "x_a")
+    check_features(x_b, "x_b")
+    check_same_n(x_a.shape[0], x_b.shape[0])
+    _, nbrs_a = knn(x_a, k, metric="cos", block_size=block_size)
+    _, nbrs_b = knn(x_b, k, metric="cos", block_size=block_size)
+    return knn_overlap(nbrs_a, nbrs_b)
+
+
+def neighbor_ranks(
+    x: Tensor, nbrs: Tensor, *, metric: Metric = "cos", block_size: int = 1024
+) -> Tensor:
+    """Rank, in x's own neighbour order of image i, of each listed neighbour j = nbrs[i, m].
+
+    x: (N, D); nbrs: (N, k) indices (typically another space's knn, never i itself) -> (N, k)
+    int64 ranks in 1..N-1, where rank_x(i, j) = 1 + #{l != i : (d_x(i, l), l) < (d_x(i, j), j)},
+    the (distance, index) order of knn: the neighbours knn(x) returns have ranks 1..k.
+
+    Blockwise, O(block_size x N) memory: per row block, the k thresholds d_x(i, j) and the next
+    float above each are sorted, every distance of the row is located among them by one
+    searchsorted, and a histogram gives #{l : d < t} and #{l : d <= t}. Only an entry whose
+    distance another point shares exactly (a tie) has its row scanned for the index rule.
+    Time O(N^2 (D + log k)).
+    """
+    xp, x_sq = _prepare(x, metric)
+    _check_neighbors(nbrs, "nbrs")
+    n, k = xp.shape[0], nbrs.shape[1]
+    check_same_n(n, nbrs.shape[0], "(rows of x vs rows of nbrs)")
+    _check_k(k, n)
+    nb = nbrs.to(xp.device).long()
+    if bool(((nb < 0) | (nb >= n)).any()):
+        raise ValueError(f"nbrs: indices must lie in [0, {n})")
+    if bool((nb == torch.arange(n, device=xp.device).unsqueeze(1)).any()):
+        raise ValueError("nbrs: a row lists the image itself; self must be excluded")
+    ranks = torch.empty(n, k, dtype=torch.long, device=xp.device)
+    buf = torch.empty(min(block_size, n) * n, dtype=xp.dtype, device=xp.device)
+    nbins = 2 * k + 1
+    for s in range(0, n, block_size):
+        e = min(s + block_size, n)
+        b = e - s
+        q_sq = None if x_sq is None else x_sq[s:e]
+        d = _distance_block(xp[s:e], xp, q_sq, x_sq, buf[: b * n].view(b, n))
+        d.diagonal(offset=s).fill_(torch.inf)  # self: never below a finite threshold
+        t = d.gather(1, nb[s:e])  # (b, k)
+        up = torch.nextafter(t, torch.full_like(t, torch.inf))  # "< up" is "<= t"
+        edges = torch.cat([t, up], dim=1).sort(dim=1).values  # (b, 2k)
+        # int32 bins: half the memory traffic of int64 in the two passes over the (b, n) block.
+        q = torch.searchsorted(edges, d, right=True, out_int32=True)  # (b, n): #{edges <= d_l}
+        offs = torch.arange(b, device=xp.device, dtype=torch.int32).unsqueeze(1) * nbins
+        hist = torch.bincount((q + offs).flatten(), minlength=b * nbins).view(b, nbins)
+        cum = hist.cumsum(dim=1)  # cum[r, p] = #{l : q_l <= p}
+        # With P the first position of u in edges: d_l < u <=> edges[P] > d_l <=> q_l <= P.
+        below = cum.gather(1, torch.searchsorted(edges, t))  # #{l : d_l < t}
+        below_eq = cum.gather(1, torch.searchsorted(edges, up))  # #{l : d_l <= t}
+        r = below + 1
+        for row, col in (below_eq - below > 1).nonzero().tolist():  # j shares its distance
+            j = int(nb[s + row, col])
+            r[row, col] += int((d[row, :j] == t[row, col]).sum())
+        ranks[s:e] = r
+    return ranks
+
+
+def rank_displacement(ranks: Tensor) -> Tensor:
+    """Mean rank displacement of A's neighbours in space B, per image.
+
+    ranks: (N, k) = neighbor_ranks(x_b, nbrs_a) with nbrs_a in knn order -> (N,) float64:
+    (1/k) sum_{m=1..k} |rank_B(i, nbrs_a[i, m]) - m|, m being the neighbour's rank in A. 0 when B
+    puts A's k nearest at the same ranks; chance level rank_displacement_chance(N, k).
+    ranks[:, :k'] gives the value at a smaller k' (ranks do not depend on k).
+    """
+    if ranks.ndim != 2 or ranks.shape[0] == 0 or ranks.shape[1] == 0:
+        raise ValueError(f"ranks: expected a non-empty (N, k) tensor, got {tuple(ranks.shape)}")
+    pos = torch.arange(1, ranks.shape[1] + 1, device=ranks.device)
+    return (ranks - pos).abs().double().mean(dim=1)
+
+
+def rank_displacement_chance(n: int, k: int) -> float:
+    """Expected rank_displacement when B's ranks are independent of A (uniform on 1..n-1).
+
+    Mean over r = 1..k of E|U - r|, U uniform on {1..M}, M = n - 1, using
+    sum_u |u - r| = r(r-1)/2 + (M-r)(M-r+1)/2.
+    """
+    _check_k(k, n)
+    m = n - 1
+    r = np.arange(1, k + 1, dtype=np.float64)
+    return float(np.mean((r * (r - 1) / 2 + (m - r) * (m - r + 1) / 2) / m))
+
+
+# --------------------------------------------------------------------------------------------
+# correlation of pairwise distances
+# --------------------------------------------------------------------------------------------
+
+
+def sample_pairs(n: int, n_pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform sample of distinct pairs i < j of n points, without replacement, seeded.
+
+    -> (i, j), each (min(n_pairs, n(n-1)/2),) int64, sorted by (i, j); all pairs when
+    n_pairs >= n(n-1)/2. Draws linear pair indices (numpy Generator.choice without replacement,
+    never an N x N array) and maps them to (i, j) in row-major upper-triangle order.
+    """
+    if n < 2:
+        raise ValueError(f"need at least 2 points for pairs, got n={n}")
+    if n_pairs < 1:
+        raise ValueError(f"n_pairs must be positive, got {n_pairs}")
+    total = n * (n - 1) // 2
+    if n_pairs >= total:
+        lin = np.arange(total, dtype=np.int64)
+    else:
+        rng = np.random.default_rng(seed)
+        lin = np.sort(rng.choice(total, size=n_pairs, replace=False).astype(np.int64))
+
+    def offset(i: np.ndarray) -> np.ndarray:  # linear index of pair (i, i + 1)
+        return i * (2 * n - i - 1) // 2
+
+    # Invert offset with a float estimate, then one integer correction step either way so that
+    # rounding in sqrt cannot misplace a pair.
+    i = np.floor(((2 * n - 1) - np.sqrt((2.0 * n - 1) ** 2 - 8.0 * lin)) / 2).astype(np.int64)
+    i = np.clip(i, 0, n - 2)
+    i -= offset(i) > lin
+    i += offset(i + 1) <= lin
+    return i, lin - offset(i) + i + 1
+
+
+def _pair_distances(
+    xp: Tensor, i: np.ndarray, j: np.ndarray, metric: str, chunk: int = 8192
+) -> np.ndarray:
+    """Distances of the listed pairs, chunked. xp from _prepare (unit rows for cos).
+
+    -> (len(i),) float64: cos distance, or Euclidean (not squared) distance for l2.
+    """
+    ii = torch.from_numpy(i).to(xp.device)
+    jj = torch.from_numpy(j).to(xp.device)
+    out = []
+    for s in range(0, ii.numel(), chunk):
+        a, b = xp[ii[s : s + chunk]], xp[jj[s : s + chunk]]
+        out.append(1.0 - (a * b).sum(dim=1) if metric == "cos" else (a - b).norm(dim=1))
+    return torch.cat(out).double().cpu().numpy()
+
+
+def distance_correlation(
+    x_a: Tensor,
+    x_b: Tensor,
+    *,
+    metric: Metric = "cos",
+    n_pairs: int = 100_000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Pearson and Spearman correlation of pairwise distances in two spaces, on sampled pairs.
+
+    x_a: (N, Da), x_b: (N, Db) -> {"pearson", "spearman", "n_pairs"}. The same pairs i < j
+    (sample_pairs(N, n_pairs, seed)) are measured in both spaces: cos distance, or for l2 the
+    Euclidean (not squared) distance. Spearman gives tied distances their average rank (scipy).
+    """
+    from scipy import stats  # only this function needs scipy
+
+    xa, _ = _prepare(x_a, metric, "x_a")
+    xb, _ = _prepare(x_b, metric, "x_b")
+    check_same_n(xa.shape[0], xb.shape[0])
+    i, j = sample_pairs(xa.shape[0], n_pairs, seed)
+    if i.size < 3:
+        raise ValueError(f"need at least 3 pairs for a correlation, got {i.size} (N={xa.shape[0]})")
+    da = _pair_distances(xa, i, j, metric)
+    db = _pair_distances(xb, i, j, metric)
+    return {
+        "pearson": float(stats.pearsonr(da, db).statistic),
+        "spearman": float(stats.spearmanr(da, db).statistic),
+        "n_pairs": int(i.size),
+    }

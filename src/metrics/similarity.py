@@ -1,0 +1,339 @@
+"""Similarity of two representations of the same images: linear and RBF CKA, permutation nulls.
+
+x (N, Dx) and y (N, Dy) hold the same N images row by row. CKA = HSIC(x, y) / sqrt(HSIC(x, x)
+HSIC(y, y)) with either HSIC estimator (name the one you report):
+
+- biased (Gretton et al. 2005): tr(K H L H) / (n-1)^2, H = I - 11^T/n. For linear kernels
+  K = X X^T this is ||Y_c^T X_c||_F^2 / (n-1)^2 with X_c, Y_c column-centred, computed in
+  feature space: O(N Dx Dy) time and O(Dx Dy) extra memory, never an N x N Gram matrix. Biased
+  CKA of independent data sits far above 0 when N is small relative to D.
+- unbiased (Song et al. 2012), with K~, L~ = K, L with the diagonal set to 0:
+  [tr(K~ L~) + 1^T K~ 1 1^T L~ 1 / ((n-1)(n-2)) - 2/(n-2) 1^T K~ L~ 1] / (n(n-3)).
+  It is invariant to translating x or y, so centre first; then for linear kernels, with
+  a_i = |x_c,i|^2 and b_i = |y_c,i|^2 (K_c 1 = 0 makes K~ 1 = -a):
+    tr(K~ L~) = ||Y_c^T X_c||_F^2 - a.b,   1^T K~ 1 = -sum(a),   1^T K~ L~ 1 = a.b,
+  so HSIC_u = [||Y_c^T X_c||_F^2 - a.b n/(n-2) + sum(a) sum(b)/((n-1)(n-2))] / (n(n-3)),
+  the same O(N Dx Dy) cost as the biased one. Its CKA is near 0 for independent data and can be
+  negative; needs N >= 4.
+- RBF kernels need the N x N Gram matrix (O(N^2 D) time, O(N^2) memory): rbf_cka caps N at
+  max_n and draws a seeded subsample above it.
+
+Computation is float64 by default (dtype=...), on x's device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from src.metrics.neighbors import check_features, check_same_n
+from src.metrics.stats import permutation_pvalue
+
+
+class PermutationTest(NamedTuple):
+    """A similarity and its null distribution under shuffled pairing of the rows."""
+
+    observed: float
+    null: Tensor  # (n_perm,) float64
+    p_value: float  # (#{null >= observed} + 1) / (n_perm + 1)
+
+
+def _pair(x: Tensor, y: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Validate a pair of representations of the same images; cast to dtype on x's device."""
+    check_features(x, "x")
+    check_features(y, "y")
+    check_same_n(x.shape[0], y.shape[0])
+    if x.shape[0] < 2:
+        raise ValueError(f"need at least 2 images for a similarity, got N={x.shape[0]}")
+    return x.to(dtype), y.to(device=x.device, dtype=dtype)
+
+
+def _check_not_constant(x: Tensor, name: str) -> None:
+    # Exact test for "all rows identical" (centring would leave rounding residue, not zeros).
+    if bool((x.amax(dim=0) == x.amin(dim=0)).all()):
+        raise ValueError(f"{name}: every row is identical (zero variance): CKA is undefined")
+
+
+def _centre(x: Tensor, name: str) -> Tensor:
+    _check_not_constant(x, name)
+    return x - x.mean(dim=0, keepdim=True)
+
+
+def _permutations(n: int, n_perm: int, seed: int) -> Iterator[Tensor]:
+    """n_perm seeded random permutations of range(n) (CPU generator, so same on every device)."""
+    if n_perm < 1:
+        raise ValueError(f"n_perm must be positive, got {n_perm}")
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n_perm):
+        yield torch.randperm(n, generator=g)
+
+
+# --------------------------------------------------------------------------------------------
+# linear CKA in feature space
+# --------------------------------------------------------------------------------------------
+
+
+def _linear_hsic_centred(xc: Tensor, yc: Tensor, a: Tensor, b: Tensor, unbiased: bool) -> Tensor:
+    """HSIC of centred xc (N, Dx), yc (N, Dy) with row norms a = |xc_i|^2, b = |yc_i|^2 -> ()."""
+    n = xc.shape[0]
+    cross = (yc.T @ xc).square().sum()
+    if not unbiased:
+        return cross / (n - 1) ** 2
+    ab = a @ b
+    return (cross - ab * n / (n - 2) + a.sum() * b.sum() / ((n - 1) * (n - 2))) / (n * (n - 3))
+
+
+def _check_unbiased(n: int, unbiased: bool) -> None:
+    if unbiased and n < 4:
+        raise ValueError(f"the unbiased HSIC estimator needs N >= 4 images, got N={n}")
+
+
+def _ratio(hxy: Tensor, hxx: Tensor, hyy: Tensor) -> float:
+    # Unbiased self-HSIC can be <= 0 for tiny, degenerate samples: CKA is then undefined (NaN).
+    if float(hxx) <= 0 or float(hyy) <= 0:
+        return float("nan")
+    return float(hxy / (hxx * hyy).sqrt())
+
+
+def linear_hsic(
+    x: Tensor, y: Tensor, *, unbiased: bool = False, dtype: torch.dtype = torch.float64
+) -> float:
+    """HSIC with linear kernels, in feature space (module docstring): x (N, Dx), y (N, Dy)."""
+    x, y = _pair(x, y, dtype)
+    _check_unbiased(x.shape[0], unbiased)
+    xc, yc = _centre(x, "x"), _centre(y, "y")
+    a, b = xc.square().sum(dim=1), yc.square().sum(dim=1)
+    return float(_linear_hsic_centred(xc, yc, a, b, unbiased))
+
+
+def linear_cka(
+    x: Tensor, y: Tensor, *, unbiased: bool = False, dtype: torch.dtype = torch.float64
+) -> float:
+    """Linear CKA in feature space: ||Y_c^T X_c||_F^2 / (||X_c^T X_c||_F ||Y_c^T Y_c||_F).
+
+    x: (N, Dx), y: (N, Dy) -> float in [0, 1] (biased), or the unbiased-HSIC CKA (may be < 0;
+    NaN when a self-HSIC estimate is <= 0). Three (D x N)(N x D) products, no N x N matrix.
+    """
+    x, y = _pair(x, y, dtype)
+    _check_unbiased(x.shape[0], unbiased)
+    xc, yc = _centre(x, "x"), _centre(y, "y")
+    a, b = xc.square().sum(dim=1), yc.square().sum(dim=1)
+    hxy = _linear_hsic_centred(xc, yc, a, b, unbiased)
+    hxx = _linear_hsic_centred(xc, xc, a, a, unbiased)
+    hyy = _linear_hsic_centred(yc, yc, b, b, unbiased)
+    return _ratio(hxy, hxx, hyy)
+
+
+def linear_cka_permutation_test(
+    x: Tensor,
+    y: Tensor,
+    *,
+    unbiased: bool = False,
+    n_perm: int = 1000,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> PermutationTest:
+    """linear_cka and its null under shuffled pairing (y's rows permuted, seeded).
+
+    Same permutations, and so the same null up to rounding, as
+    permutation_test(linear_cka, x, y, n_perm=n_perm, seed=seed); faster because the centred
+    matrices and the two self-HSIC terms do not change under a permutation. Each permutation
+    costs one (Dy x N)(N x Dx) product.
+    """
+    x, y = _pair(x, y, dtype)
+    n = x.shape[0]
+    _check_unbiased(n, unbiased)
+    xc, yc = _centre(x, "x"), _centre(y, "y")
+    a, b = xc.square().sum(dim=1), yc.square().sum(dim=1)
+    hxx = _linear_hsic_centred(xc, xc, a, a, unbiased)
+    hyy = _linear_hsic_centred(yc, yc, b, b, unbiased)
+    observed = _ratio(_linear_hsic_centred(xc, yc, a, b, unbiased), hxx, hyy)
+    null = torch.empty(n_perm, dtype=torch.float64)
+    for t, p in enumerate(_permutations(n, n_perm, seed)):
+        p = p.to(x.device)
+        null[t] = _ratio(_linear_hsic_centred(xc, yc[p], a, b[p], unbiased), hxx, hyy)
+    return PermutationTest(observed, null, permutation_pvalue(observed, null))
+
+
+# --------------------------------------------------------------------------------------------
+# kernel (Gram-matrix) CKA and RBF
+# --------------------------------------------------------------------------------------------
+
+
+def center_gram(k: Tensor) -> Tensor:
+    """H K H without forming H: subtract row and column means, add back the grand mean.
+
+    k: (n, n) -> (n, n). O(n^2), where a dense H would cost two O(n^3) products.
+    """
+    return k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
+
+
+def _gram_hsic_unbiased(kt: Tensor, lt: Tensor) -> Tensor:
+    """Song et al.'s unbiased HSIC from Gram matrices with zeroed diagonals (n, n) -> ()."""
+    n = kt.shape[0]
+    kl = kt.sum(dim=0) @ lt.sum(dim=0)  # 1^T K~ L~ 1 (symmetric K~: K~ 1 = column sums)
+    return ((kt * lt).sum() + kt.sum() * lt.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * kl) / (
+        n * (n - 3)
+    )
+
+
+def _zero_diag(k: Tensor) -> Tensor:
+    k = k.clone()
+    k.diagonal().zero_()
+    return k
+
+
+def kernel_cka(k: Tensor, l: Tensor, *, unbiased: bool = False) -> float:  # noqa: E741
+    """CKA from two Gram matrices k, l (n, n) of the same n images (kernel of your choice).
+
+    Biased: <HKH, HLH>_F / (||HKH||_F ||HLH||_F), centring done in O(n^2). Unbiased: Song et
+    al.'s estimator (module docstring), n >= 4. O(n^2) time and memory.
+    """
+    if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape != l.shape:
+        raise ValueError(
+            f"expected two (n, n) Gram matrices, got {tuple(k.shape)}, {tuple(l.shape)}"
+        )
+    _check_unbiased(k.shape[0], unbiased)
+    if unbiased:
+        kt, lt = _zero_diag(k), _zero_diag(l)
+        return _ratio(
+            _gram_hsic_unbiased(kt, lt), _gram_hsic_unbiased(kt, kt), _gram_hsic_unbiased(lt, lt)
+        )
+    kc, lc = center_gram(k), center_gram(l)
+    return _ratio((kc * lc).sum(), kc.square().sum(), lc.square().sum())
+
+
+def rbf_gram(x: Tensor, *, threshold: float = 1.0) -> Tensor:
+    """RBF Gram matrix exp(-|x_i - x_j|^2 / (2 sigma^2)) with a median-distance bandwidth.
+
+    x: (n, D) -> (n, n), dtype of x. sigma^2 = threshold^2 * median of the n(n-1)/2 squared
+    distances |x_i - x_j|^2, i < j (the lower median, torch.median; Kornblith et al.'s reference
+    code takes the median over the full matrix, zeros on the diagonal included).
+    """
+    sq = x.square().sum(dim=1)
+    d2 = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * (x @ x.T)).clamp_(min=0.0)
+    d2.diagonal().zero_()
+    n = x.shape[0]
+    iu = torch.triu_indices(n, n, offset=1, device=x.device)
+    med = d2[iu[0], iu[1]].median()
+    if float(med) <= 0:
+        raise ValueError(
+            "median pairwise distance is 0 (most rows identical): the RBF bandwidth is undefined"
+        )
+    return torch.exp(d2 / (-2.0 * threshold**2 * med))
+
+
+def _subsample(n: int, max_n: int | None, seed: int) -> Tensor | None:
+    """Sorted seeded subset of max_n row indices when n > max_n, else None (use all rows)."""
+    if max_n is None or n <= max_n:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:max_n].sort().values
+
+
+def _rbf_grams(
+    x: Tensor, y: Tensor, threshold: float, max_n: int | None, seed: int, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    x, y = _pair(x, y, dtype)
+    rows = _subsample(x.shape[0], max_n, seed)
+    if rows is not None:
+        rows = rows.to(x.device)
+        x, y = x[rows], y[rows]
+    _check_not_constant(x, "x")
+    _check_not_constant(y, "y")
+    return rbf_gram(x, threshold=threshold), rbf_gram(y, threshold=threshold)
+
+
+def rbf_cka(
+    x: Tensor,
+    y: Tensor,
+    *,
+    unbiased: bool = False,
+    threshold: float = 1.0,
+    max_n: int | None = 5000,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> float:
+    """CKA with RBF kernels (median-distance bandwidth times threshold, see rbf_gram).
+
+    x: (N, Dx), y: (N, Dy) -> float. Needs two N x N Gram matrices: O(N^2 D) time, O(N^2)
+    memory (about 3 x 8 N^2 bytes in float64, 600 MB at N = 5000). Above max_n images, a seeded
+    subsample of max_n rows (the same rows of x and y) is used; max_n=None uses all.
+    """
+    k, l = _rbf_grams(x, y, threshold, max_n, seed, dtype)  # noqa: E741
+    return kernel_cka(k, l, unbiased=unbiased)
+
+
+def rbf_cka_permutation_test(
+    x: Tensor,
+    y: Tensor,
+    *,
+    unbiased: bool = False,
+    threshold: float = 1.0,
+    max_n: int | None = 5000,
+    n_perm: int = 200,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> PermutationTest:
+    """rbf_cka and its null under shuffled pairing, reusing the two Gram matrices.
+
+    Permuting y's rows permutes L's rows and columns, so each permutation is O(n^2) (a gather
+    and an elementwise product, n = min(N, max_n)) instead of rebuilding L. The subsample (if
+    any) is drawn with seed, the permutations with seed + 1.
+    """
+    k, l = _rbf_grams(x, y, threshold, max_n, seed, dtype)  # noqa: E741
+    n = k.shape[0]
+    _check_unbiased(n, unbiased)
+    if unbiased:
+        kt, lt = _zero_diag(k), _zero_diag(l)
+        hxx, hyy = _gram_hsic_unbiased(kt, kt), _gram_hsic_unbiased(lt, lt)
+        observed = _ratio(_gram_hsic_unbiased(kt, lt), hxx, hyy)
+
+        def hsic_perm(p: Tensor) -> Tensor:
+            return _gram_hsic_unbiased(kt, lt[p][:, p])
+    else:
+        kc, lc = center_gram(k), center_gram(l)
+        hxx, hyy = kc.square().sum(), lc.square().sum()
+        observed = _ratio((kc * lc).sum(), hxx, hyy)
+
+        def hsic_perm(p: Tensor) -> Tensor:
+            # H commutes with permutations: centring L[p][:, p] is lc[p][:, p].
+            return (kc * lc[p][:, p]).sum()
+
+    null = torch.tensor(
+        [_ratio(hsic_perm(p.to(k.device)), hxx, hyy) for p in _permutations(n, n_perm, seed + 1)],
+        dtype=torch.float64,
+    )
+    return PermutationTest(observed, null, permutation_pvalue(observed, null))
+
+
+# --------------------------------------------------------------------------------------------
+# generic permutation null
+# --------------------------------------------------------------------------------------------
+
+
+def permutation_test(
+    score: Callable[[Tensor, Tensor], float],
+    x: Tensor,
+    y: Tensor,
+    *,
+    n_perm: int = 1000,
+    seed: int = 0,
+) -> PermutationTest:
+    """Any similarity score(x, y) and its null under shuffled pairing (y's rows permuted).
+
+    x: (N, Dx), y: (N, Dy). p = (#{null >= observed} + 1) / (n_perm + 1) (one-sided: "more
+    similar than chance"). n_perm + 1 calls of score; seeded, so the null is reproducible.
+    """
+    check_features(x, "x")
+    check_features(y, "y")
+    check_same_n(x.shape[0], y.shape[0])
+    observed = float(score(x, y))
+    null = torch.tensor(
+        [float(score(x, y[p.to(y.device)])) for p in _permutations(x.shape[0], n_perm, seed)],
+        dtype=torch.float64,
+    )
+    return PermutationTest(observed, null, permutation_pvalue(observed, null))

@@ -1,0 +1,324 @@
+"""Exact kNN, overlap, rank displacement and distance correlation against plain references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from src.metrics.neighbors import (
+    distance_correlation,
+    knn,
+    knn_overlap,
+    knn_overlap_chance,
+    mutual_knn,
+    neighbor_ranks,
+    pairwise_distances,
+    rank_displacement,
+    rank_displacement_chance,
+    sample_pairs,
+)
+from src.metrics.stats import summarize
+
+# ---------------------------------------------------------------------------------------------
+# plain references: full distance matrix, argsort with the index as tie-break
+# ---------------------------------------------------------------------------------------------
+
+
+def ref_distances(x: torch.Tensor, metric: str) -> np.ndarray:
+    """Full (N, N) float64 distance matrix, self at +inf."""
+    a = x.double().numpy()
+    if metric == "cos":
+        a = a / np.linalg.norm(a, axis=1, keepdims=True)
+        d = 1.0 - a @ a.T
+    else:
+        d = ((a[:, None, :] - a[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    return d
+
+
+def ref_order(d: np.ndarray) -> np.ndarray:
+    """Each row's columns in (distance, index) order. (N, N) -> (N, N)."""
+    cols = np.arange(d.shape[1])
+    return np.stack([np.lexsort((cols, row)) for row in d])
+
+
+def ref_knn(x: torch.Tensor, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    d = ref_distances(x, metric)
+    idx = ref_order(d)[:, :k]
+    return np.take_along_axis(d, idx, 1), idx
+
+
+def tie_heavy(n: int = 90, seed: int = 0) -> torch.Tensor:
+    """Small integer points: many exact duplicates and exactly equal (integer) l2 distances."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-2, 3, (n, 4), generator=g).float()
+
+
+def duplicated(n_base: int = 30, copies: int = 4, d: int = 6, seed: int = 0) -> torch.Tensor:
+    """Random points, each repeated `copies` times in a shuffled order (exact ties under cos)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n_base, d, generator=g)
+    return base[torch.randperm(n_base * copies, generator=g) % n_base]
+
+
+# ---------------------------------------------------------------------------------------------
+# kNN
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["cos", "l2"])
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("block_size", [1, 7, 64, 500])
+def test_knn_matches_reference(metric, symmetric, block_size):
+    x = torch.randn(120, 16, generator=torch.Generator().manual_seed(1))
+    d, i = knn(x, 10, metric=metric, block_size=block_size, symmetric=symmetric)
+    rd, ri = ref_knn(x, 10, metric)
+    assert d.shape == (120, 10) and i.dtype == torch.int64
+    np.testing.assert_array_equal(i.numpy(), ri)
+    np.testing.assert_allclose(d.numpy(), rd, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("block_size", [1, 5, 32, 90])
+def test_exact_ties_break_by_index_for_every_block_size(symmetric, block_size):
+    # Integer points, l2: every distance is an exact small integer, so ties at the k-th distance
+    # are everywhere and the (distance, index) rule alone decides. Exact in any summation order.
+    x = tie_heavy()
+    d, i = knn(x, 12, metric="l2", block_size=block_size, symmetric=symmetric)
+    rd, ri = ref_knn(x, 12, "l2")
+    np.testing.assert_array_equal(i.numpy(), ri)
+    np.testing.assert_array_equal(d.numpy(), rd)
+    again = knn(x, 12, metric="l2", block_size=block_size, symmetric=symmetric)[1]
+    assert torch.equal(i, again)
+
+
+@pytest.mark.parametrize("block_size", [7, 64, 120])
+def test_duplicate_points_tie_under_cos(block_size):
+    x = duplicated()
+    d, i = knn(x, 5, metric="cos", block_size=block_size)
+    _, ri = ref_knn(x, 5, "cos")
+    np.testing.assert_array_equal(i.numpy(), ri)
+    # each point's 3 copies come first, at distance ~0, in index order
+    assert (d[:, :3].abs() < 1e-6).all()
+    assert (i[:, :3].diff(dim=1) > 0).all()
+    assert torch.equal(i, knn(x, 5, metric="cos", block_size=block_size, symmetric=True)[1])
+
+
+def test_prefix_of_a_larger_search_is_the_smaller_search():
+    x = tie_heavy(seed=3)
+    _, i20 = knn(x, 20, metric="l2")
+    _, i5 = knn(x, 5, metric="l2")
+    assert torch.equal(i20[:, :5], i5)
+
+
+def test_self_is_excluded_and_smallest_n():
+    x = torch.randn(11, 3, generator=torch.Generator().manual_seed(0))
+    _, i = knn(x, 10)  # N = k + 1: every other point is a neighbour
+    assert not (i == torch.arange(11).unsqueeze(1)).any()
+    assert all(set(row.tolist()) == set(range(11)) - {r} for r, row in enumerate(i))
+
+
+def test_half_precision_input_is_accumulated_in_float32():
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    d, i = knn(x.half(), 5)
+    assert d.dtype == torch.float32
+    assert torch.equal(i, knn(x.half().float(), 5)[1])
+
+
+def test_pairwise_distances_conventions():
+    x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    d = pairwise_distances(x, x, "l2").numpy()
+    ref = ref_distances(x, "l2")
+    np.fill_diagonal(ref, 0)
+    np.testing.assert_allclose(d, ref, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x = torch.randn(500, 32, generator=torch.Generator().manual_seed(0))
+    for metric in ("cos", "l2"):
+        d, i = knn(x, 10, metric=metric)
+        dc, ic = knn(x.cuda(), 10, metric=metric)
+        assert ic.device.type == "cuda"
+        assert torch.equal(i, ic.cpu())
+        torch.testing.assert_close(d, dc.cpu(), rtol=1e-5, atol=1e-5)
+    _, i = knn(tie_heavy(), 12, metric="l2")
+    assert torch.equal(i, knn(tie_heavy().cuda(), 12, metric="l2")[1].cpu())
+
+
+# ---------------------------------------------------------------------------------------------
+# overlap
+# ---------------------------------------------------------------------------------------------
+
+
+def test_overlap_matches_set_reference():
+    g = torch.Generator().manual_seed(0)
+    a = torch.stack([torch.randperm(40, generator=g)[:8] for _ in range(50)])
+    b = torch.stack([torch.randperm(40, generator=g)[:8] for _ in range(50)])
+    ref = [len(set(ra.tolist()) & set(rb.tolist())) / 8 for ra, rb in zip(a, b, strict=True)]
+    np.testing.assert_allclose(knn_overlap(a, b).numpy(), ref)
+
+
+@pytest.mark.parametrize("metric", ["cos", "l2"])
+def test_overlap_with_itself_and_a_rotated_copy_is_one(metric):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 24, dtype=torch.float64, generator=g)
+    rot = torch.linalg.qr(torch.randn(24, 24, dtype=torch.float64, generator=g))[0]
+    _, a = knn(x, 10, metric=metric)
+    for y in (x, x @ rot, 3.5 * x @ rot):
+        assert (knn_overlap(a, knn(y, 10, metric=metric)[1]) == 1).all()
+
+
+def test_cos_overlap_ignores_per_row_scale():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(150, 12, dtype=torch.float64, generator=g)
+    scale = torch.rand(150, 1, dtype=torch.float64, generator=g) * 10 + 0.1
+    assert (mutual_knn(x, x * scale, 10) == 1).all()
+
+
+def test_independent_spaces_sit_at_chance_inside_the_ci():
+    # E[overlap] = k/(N-1) exactly for independent spaces. Per-image overlaps are not independent
+    # (hubs), so the i.i.d. bootstrap CI is a little narrow: 87 of 100 seeds covered chance at
+    # this size when this test was written. Ask for most seeds, and an unbiased mean.
+    n, k = 300, 10
+    hits, means = 0, []
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        x, y = torch.randn(n, 16, generator=g), torch.randn(n, 16, generator=g)
+        s = summarize(mutual_knn(x, y, k), n_boot=300, seed=seed)
+        hits += s["ci_low"] <= knn_overlap_chance(n, k) <= s["ci_high"]
+        means.append(s["mean"])
+    assert hits >= 15
+    assert np.mean(means) == pytest.approx(knn_overlap_chance(n, k), rel=0.05)
+
+
+def test_mutual_knn_is_cos_overlap():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(80, 8, generator=g), torch.randn(80, 5, generator=g)
+    expected = knn_overlap(knn(x, 7, metric="cos")[1], knn(y, 7, metric="cos")[1])
+    assert torch.equal(mutual_knn(x, y, 7), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# ranks and rank displacement
+# ---------------------------------------------------------------------------------------------
+
+
+def ref_ranks(x: torch.Tensor, nbrs: torch.Tensor, metric: str) -> np.ndarray:
+    order = ref_order(ref_distances(x, metric))
+    rank_of = np.empty_like(order)
+    rows = np.arange(order.shape[0])[:, None]
+    rank_of[rows, order] = np.arange(1, order.shape[1] + 1)  # self (inf) is last: rank N
+    return np.take_along_axis(rank_of, nbrs.numpy(), 1)
+
+
+@pytest.mark.parametrize("block_size", [1, 16, 200])
+def test_ranks_match_reference(block_size):
+    g = torch.Generator().manual_seed(2)
+    xa, xb = torch.randn(100, 6, generator=g), torch.randn(100, 9, generator=g)
+    _, nbrs_a = knn(xa, 15, metric="l2")
+    ranks = neighbor_ranks(xb, nbrs_a, metric="l2", block_size=block_size)
+    np.testing.assert_array_equal(ranks.numpy(), ref_ranks(xb, nbrs_a, "l2"))
+    pos = np.arange(1, 16)
+    np.testing.assert_allclose(
+        rank_displacement(ranks).numpy(), np.abs(ref_ranks(xb, nbrs_a, "l2") - pos).mean(1)
+    )
+
+
+@pytest.mark.parametrize("block_size", [3, 90])
+def test_ranks_with_exact_ties_follow_the_index_rule(block_size):
+    xa, xb = tie_heavy(seed=0), tie_heavy(seed=1)
+    _, nbrs_a = knn(xa, 12, metric="l2")
+    ranks = neighbor_ranks(xb, nbrs_a, metric="l2", block_size=block_size)
+    np.testing.assert_array_equal(ranks.numpy(), ref_ranks(xb, nbrs_a, "l2"))
+
+
+def test_a_space_has_zero_displacement_from_itself():
+    x = tie_heavy(seed=4)
+    _, nbrs = knn(x, 12, metric="l2")
+    ranks = neighbor_ranks(x, nbrs, metric="l2", block_size=17)
+    assert torch.equal(ranks, torch.arange(1, 13).expand(90, 12))
+    assert (rank_displacement(ranks) == 0).all()
+
+
+def test_rank_displacement_chance_matches_brute_force():
+    n, k = 30, 4
+    u = np.arange(1, n)
+    brute = np.mean([np.abs(u - r).mean() for r in range(1, k + 1)])
+    assert rank_displacement_chance(n, k) == pytest.approx(brute)
+
+
+# ---------------------------------------------------------------------------------------------
+# pairs and distance correlation
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sample_pairs_all_and_subsampled():
+    i, j = sample_pairs(7, 10_000)
+    expected = [(a, b) for a in range(7) for b in range(a + 1, 7)]
+    assert list(zip(i.tolist(), j.tolist(), strict=True)) == expected
+    i, j = sample_pairs(5000, 3000, seed=1)
+    assert len(set(zip(i.tolist(), j.tolist(), strict=True))) == 3000
+    assert (i < j).all() and (i >= 0).all() and (j < 5000).all()
+    i2, j2 = sample_pairs(5000, 3000, seed=1)
+    assert np.array_equal(i, i2) and np.array_equal(j, j2)
+
+
+@pytest.mark.parametrize("metric", ["cos", "l2"])
+def test_distance_correlation_matches_explicit_pairs(metric):
+    g = torch.Generator().manual_seed(0)
+    xa = torch.randn(60, 5, dtype=torch.float64, generator=g)
+    xb = xa + 0.5 * torch.randn(60, 5, dtype=torch.float64, generator=g)
+    out = distance_correlation(xa, xb, metric=metric, n_pairs=500, seed=3)
+    i, j = sample_pairs(60, 500, seed=3)
+    da, db = ref_distances(xa, metric)[i, j], ref_distances(xb, metric)[i, j]
+    if metric == "l2":
+        da, db = np.sqrt(da), np.sqrt(db)  # correlation uses Euclidean, not squared
+    assert out["n_pairs"] == 500
+    assert out["pearson"] == pytest.approx(stats.pearsonr(da, db).statistic, abs=1e-10)
+    assert out["spearman"] == pytest.approx(stats.spearmanr(da, db).statistic, abs=1e-10)
+    same = distance_correlation(xa, 2 * xa, metric=metric, n_pairs=500)
+    assert same["pearson"] == pytest.approx(1.0) and same["spearman"] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_give_clear_errors():
+    x = torch.randn(20, 4)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        knn(torch.cat([x, torch.tensor([[float("nan"), 0, 0, 0]])]), 3)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        knn(torch.cat([x, torch.tensor([[float("inf"), 0, 0, 0]])]), 3)
+    with pytest.raises(ValueError, match="k=20 needs at least k\\+1=21 points"):
+        knn(x, 20)
+    with pytest.raises(ValueError, match="empty"):
+        knn(torch.zeros(0, 4), 3)
+    with pytest.raises(ValueError, match="empty"):
+        knn(torch.zeros(5, 0), 3)
+    with pytest.raises(ValueError, match="2-D"):
+        knn(torch.zeros(5), 3)
+    with pytest.raises(ValueError, match="all-zero rows"):
+        knn(torch.cat([x, torch.zeros(1, 4)]), 3, metric="cos")
+    with pytest.raises(ValueError, match="unknown metric"):
+        knn(x, 3, metric="manhattan")
+    with pytest.raises(ValueError, match="positive integer"):
+        knn(x, 0)
+    with pytest.raises(ValueError, match="mismatched N"):
+        mutual_knn(x, torch.randn(19, 4), 3)
+    with pytest.raises(ValueError, match="mismatched N"):
+        knn_overlap(knn(x, 3)[1], knn(x[:15], 3)[1])
+    with pytest.raises(ValueError, match="different k"):
+        knn_overlap(knn(x, 3)[1], knn(x, 4)[1])
+    with pytest.raises(ValueError, match="mismatched N"):
+        neighbor_ranks(x[:15], knn(x, 3)[1])
+    with pytest.raises(ValueError, match="self"):
+        neighbor_ranks(x, torch.arange(20).unsqueeze(1))
+    with pytest.raises(ValueError, match="mismatched N"):
+        distance_correlation(x, x[:10])
+    with pytest.raises(ValueError, match="empty"):
+        knn_overlap(torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, 3, dtype=torch.long))

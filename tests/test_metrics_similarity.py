@@ -1,0 +1,211 @@
+"""CKA (linear feature-space, Gram, RBF; biased and unbiased) against explicit-Gram references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from src.metrics.similarity import (
+    center_gram,
+    kernel_cka,
+    linear_cka,
+    linear_cka_permutation_test,
+    linear_hsic,
+    permutation_test,
+    rbf_cka,
+    rbf_cka_permutation_test,
+    rbf_gram,
+)
+
+# ---------------------------------------------------------------------------------------------
+# plain references: Gram matrices, a dense centring matrix H, Song et al.'s formula verbatim
+# ---------------------------------------------------------------------------------------------
+
+
+def ref_hsic_biased(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741
+    n = k.shape[0]
+    h = np.eye(n) - np.ones((n, n)) / n
+    return float(np.trace(k @ h @ l @ h)) / (n - 1) ** 2
+
+
+def ref_hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741
+    n = k.shape[0]
+    kt, lt = k.copy(), l.copy()
+    np.fill_diagonal(kt, 0)
+    np.fill_diagonal(lt, 0)
+    one = np.ones(n)
+    return float(
+        np.trace(kt @ lt)
+        + (one @ kt @ one) * (one @ lt @ one) / ((n - 1) * (n - 2))
+        - 2 / (n - 2) * (one @ kt @ lt @ one)
+    ) / (n * (n - 3))
+
+
+def ref_cka(k: np.ndarray, l: np.ndarray, unbiased: bool) -> float:  # noqa: E741
+    h = ref_hsic_unbiased if unbiased else ref_hsic_biased
+    return h(k, l) / np.sqrt(h(k, k) * h(l, l))
+
+
+def ref_rbf(x: np.ndarray) -> np.ndarray:
+    d2 = np.array([[((a - b) ** 2).sum() for b in x] for a in x])
+    off = d2[np.triu_indices(len(x), 1)]
+    med = np.sort(off)[(len(off) - 1) // 2]  # lower median
+    return np.exp(-d2 / (2 * med))
+
+
+def data(n: int = 40, dx: int = 12, dy: int = 7, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dx, dtype=torch.float64, generator=g) + 3.0  # offsets: centring matters
+    y = x[:, :dy] @ torch.randn(dy, dy, dtype=torch.float64, generator=g) + 0.5 * torch.randn(
+        n, dy, dtype=torch.float64, generator=g
+    )
+    return x, y
+
+
+# ---------------------------------------------------------------------------------------------
+# linear CKA
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_linear_cka_matches_explicit_gram_reference(unbiased):
+    x, y = data()
+    xn, yn = x.numpy(), y.numpy()
+    # the reference uses the raw (uncentred) Gram matrices: H, or the unbiased estimator's
+    # translation invariance, takes care of the offsets
+    expected = ref_cka(xn @ xn.T, yn @ yn.T, unbiased)
+    assert linear_cka(x, y, unbiased=unbiased) == pytest.approx(expected, rel=1e-10)
+    assert kernel_cka(x @ x.T, y @ y.T, unbiased=unbiased) == pytest.approx(expected, rel=1e-10)
+    h = ref_hsic_unbiased if unbiased else ref_hsic_biased
+    assert linear_hsic(x, y, unbiased=unbiased) == pytest.approx(h(xn @ xn.T, yn @ yn.T), rel=1e-10)
+
+
+def test_center_gram_is_hkh():
+    k = torch.randn(9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    h = torch.eye(9, dtype=torch.float64) - 1 / 9
+    torch.testing.assert_close(center_gram(k), h @ k @ h)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_linear_cka_invariances(unbiased):
+    x, y = data(seed=1)
+    g = torch.Generator().manual_seed(9)
+    q = torch.linalg.qr(torch.randn(12, 12, dtype=torch.float64, generator=g))[0]
+    base = linear_cka(x, y, unbiased=unbiased)
+    assert linear_cka(x, x, unbiased=unbiased) == pytest.approx(1.0)
+    assert linear_cka(x @ q, y, unbiased=unbiased) == pytest.approx(base, rel=1e-10)
+    assert linear_cka(4.2 * x, 0.01 * y, unbiased=unbiased) == pytest.approx(base, rel=1e-10)
+    assert linear_cka(x - 100.0, y + 7.0, unbiased=unbiased) == pytest.approx(base, rel=1e-8)
+    assert linear_cka(y, x, unbiased=unbiased) == pytest.approx(base, rel=1e-12)
+
+
+def test_float32_input_is_computed_in_float64():
+    x, y = data(seed=2)
+    assert linear_cka(x.float(), y.float()) == pytest.approx(
+        linear_cka(x.float().double(), y.float().double()), rel=1e-12
+    )
+
+
+def test_unbiased_cka_of_independent_gaussians_is_near_zero_where_biased_is_not():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 400, generator=g, dtype=torch.float64)
+    y = torch.randn(30, 400, generator=g, dtype=torch.float64)
+    biased, unbiased = linear_cka(x, y), linear_cka(x, y, unbiased=True)
+    assert biased > 0.8  # small N, large d: the biased estimator is badly inflated
+    assert abs(unbiased) < 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# RBF CKA
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_rbf_cka_matches_reference(unbiased):
+    x, y = data(n=25)
+    np.testing.assert_allclose(rbf_gram(x).numpy(), ref_rbf(x.numpy()), rtol=1e-10, atol=1e-12)
+    expected = ref_cka(ref_rbf(x.numpy()), ref_rbf(y.numpy()), unbiased)
+    assert rbf_cka(x, y, unbiased=unbiased) == pytest.approx(expected, rel=1e-9)
+
+
+def test_rbf_cka_properties_and_subsampling():
+    x, y = data(n=60, seed=3)
+    g = torch.Generator().manual_seed(4)
+    q = torch.linalg.qr(torch.randn(12, 12, dtype=torch.float64, generator=g))[0]
+    assert rbf_cka(x, x) == pytest.approx(1.0)
+    # the median bandwidth makes RBF CKA invariant to rotations and isotropic scaling
+    assert rbf_cka(3.0 * x @ q, y) == pytest.approx(rbf_cka(x, y), rel=1e-9)
+    sub = rbf_cka(x, y, max_n=30, seed=5)
+    assert sub == rbf_cka(x, y, max_n=30, seed=5)
+    assert sub != rbf_cka(x, y, max_n=30, seed=6)
+    assert sub != rbf_cka(x, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# permutation null
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_fast_linear_null_equals_the_generic_one(unbiased):
+    x, y = data(n=30, seed=6)
+    fast = linear_cka_permutation_test(x, y, unbiased=unbiased, n_perm=40, seed=2)
+    slow = permutation_test(
+        lambda a, b: linear_cka(a, b, unbiased=unbiased), x, y, n_perm=40, seed=2
+    )
+    assert fast.observed == pytest.approx(slow.observed, rel=1e-12)
+    torch.testing.assert_close(fast.null, slow.null, rtol=1e-9, atol=1e-12)
+    assert fast.p_value == slow.p_value
+
+
+def test_permutation_p_values_tell_signal_from_chance():
+    x, y = data(n=50, seed=7)
+    related = linear_cka_permutation_test(x, y, n_perm=99)
+    assert related.p_value == pytest.approx(1 / 100)  # nothing in the null beats real pairing
+    g = torch.Generator().manual_seed(8)
+    noise = torch.randn(50, 7, dtype=torch.float64, generator=g)
+    unrelated = linear_cka_permutation_test(x, noise, n_perm=99)
+    assert unrelated.p_value > 0.05
+    n_ge = int((unrelated.null >= unrelated.observed).sum())
+    assert unrelated.p_value == (n_ge + 1) / 100
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_rbf_null_reuses_grams_and_matches_generic(unbiased):
+    x, y = data(n=30, seed=9)
+    fast = rbf_cka_permutation_test(x, y, unbiased=unbiased, n_perm=30, seed=0)
+    # the RBF null draws its permutations with seed + 1 (seed is for the subsample)
+    slow = permutation_test(lambda a, b: rbf_cka(a, b, unbiased=unbiased), x, y, n_perm=30, seed=1)
+    assert fast.observed == pytest.approx(slow.observed, rel=1e-12)
+    torch.testing.assert_close(fast.null, slow.null, rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_give_clear_errors():
+    x, y = data()
+    with pytest.raises(ValueError, match="mismatched N"):
+        linear_cka(x, y[:-1])
+    with pytest.raises(ValueError, match="mismatched N"):
+        rbf_cka(x[:5], y)
+    bad = x.clone()
+    bad[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        linear_cka(bad, y)
+    bad[3, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        linear_cka_permutation_test(x, bad, n_perm=3)
+    with pytest.raises(ValueError, match="empty"):
+        linear_cka(torch.zeros(0, 3), torch.zeros(0, 3))
+    with pytest.raises(ValueError, match="N >= 4"):
+        linear_cka(x[:3], y[:3], unbiased=True)
+    with pytest.raises(ValueError, match="zero variance"):
+        linear_cka(torch.ones(10, 3), y[:10])
+    with pytest.raises(ValueError, match="n_perm"):
+        permutation_test(linear_cka, x, y, n_perm=0)
+    with pytest.raises(ValueError, match="Gram"):
+        kernel_cka(torch.eye(3), torch.eye(4))
