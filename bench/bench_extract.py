@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--small", type=int, default=500)
     p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--num_workers", type=int, help="default: the stage's automatic choice")
     p.add_argument("--save_every", type=int, default=400)
     p.add_argument("--out", type=Path, default=Path("results/bench_extract.json"))
     args = p.parse_args(argv)
@@ -72,15 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     shard = next(p.name for p in root.iterdir() if p.is_dir())
     conn = connector_dir(tmp / "connector")
 
+    workers = [] if args.num_workers is None else ["--num_workers", str(args.num_workers)]
     common = [
+        *workers,
         "--root",
         str(root),
         "--model_id",
         f"mini={conn}",
         "--batch_size",
         str(args.batch_size),
-        "--num_workers",
-        str(args.num_workers),
         "--save_every",
         str(args.save_every),
         "--no_progress",
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "images": args.n,
         "batch_size": args.batch_size,
-        "num_workers": args.num_workers,
+        "num_workers": "auto" if args.num_workers is None else args.num_workers,
         "torch_threads": torch.get_num_threads(),
         "forward_only_s": round(forward_s, 2),
         "forward_only_img_per_s": round(args.n / forward_s, 1),

@@ -42,7 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--recon_epochs", type=int, default=20)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--num_workers", type=int, help="decode workers (default: automatic)")
     p.add_argument("--no_progress", action="store_true")
     return p
 

@@ -187,7 +187,7 @@ def test_independent_spaces_sit_at_chance_inside_the_ci():
     for seed in range(20):
         g = torch.Generator().manual_seed(seed)
         x, y = torch.randn(n, 16, generator=g), torch.randn(n, 16, generator=g)
-        s = summarize(mutual_knn(x, y, k), n_boot=300, seed=seed)
+        s = summarize(mutual_knn(x, y, k), n_boot=200, seed=seed)
         hits += s["ci_low"] <= knn_overlap_chance(n, k) <= s["ci_high"]
         means.append(s["mean"])
     assert hits >= 15

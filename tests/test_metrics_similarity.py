@@ -81,6 +81,18 @@ def test_linear_cka_matches_explicit_gram_reference(unbiased):
     assert linear_hsic(x, y, unbiased=unbiased) == pytest.approx(h(xn @ xn.T, yn @ yn.T), rel=1e-10)
 
 
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_wide_features_use_blocked_self_terms_and_still_match(unbiased):
+    # D = 300 > the 128-column blocks of the symmetric self-term product, last block partial
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(24, 300, dtype=torch.float64, generator=g)
+    y = x[:, :200] + torch.randn(24, 200, dtype=torch.float64, generator=g)
+    xn, yn = x.numpy(), y.numpy()
+    expected = ref_cka(xn @ xn.T, yn @ yn.T, unbiased)
+    assert linear_cka(x, y, unbiased=unbiased) == pytest.approx(expected, rel=1e-10)
+    assert linear_cka(y, x, unbiased=unbiased) == pytest.approx(expected, rel=1e-10)
+
+
 def test_center_gram_is_hkh():
     k = torch.randn(9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     h = torch.eye(9, dtype=torch.float64) - 1 / 9

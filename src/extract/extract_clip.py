@@ -13,7 +13,7 @@ from src.data.extraction import extract_shard
 from src.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, list_images, select_shards
 from src.data.paths import reference_shard_dir
 from src.models.reference import OFFLINE_REFERENCES, load_reference
-from src.runtime import add_runtime_args, csv_list, resolve_device, resolve_dtype
+from src.runtime import add_runtime_args, auto_workers, csv_list, resolve_device, resolve_dtype
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -44,7 +44,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_images", type=int, help="only the first N images of each shard")
     add_runtime_args(p)
     p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument(
+        "--num_workers",
+        type=int,
+        help="DataLoader decode workers (default: the cores torch's threads leave free on CPU, "
+        "up to 8 on GPU)",
+    )
     p.add_argument("--save_every", type=int, default=400, help="images per chunk file")
     p.add_argument("--skip_existing", action="store_true", help="resume; keep finished work")
     p.add_argument("--min_image_side", type=int, default=DEFAULT_MIN_SIDE)
@@ -92,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
                     preprocess=ref.preprocessor,
                     kinds=("ref",),
                     batch_size=args.batch_size,
-                    num_workers=args.num_workers,
+                    num_workers=auto_workers(device)
+                    if args.num_workers is None
+                    else args.num_workers,
                     save_every=args.save_every,
                     save_dtype=torch.float32,
                     skip_existing=args.skip_existing,

@@ -18,6 +18,7 @@ from src.models.base import VLMAdapter
 from src.runtime import (
     DTYPES,
     add_runtime_args,
+    auto_workers,
     csv_list,
     parse_assignments,
     resolve_device,
@@ -63,7 +64,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="dtype of the stored vectors; 'same' keeps the compute dtype",
     )
     p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--num_workers", type=int, default=2, help="DataLoader decode workers")
+    p.add_argument(
+        "--num_workers",
+        type=int,
+        help="DataLoader decode workers (default: the cores torch's threads leave free on CPU, "
+        "up to 8 on GPU)",
+    )
     p.add_argument("--save_every", type=int, default=400, help="images per chunk file")
     p.add_argument(
         "--skip_existing",
@@ -86,6 +92,7 @@ def extract_model(
 
     save_dtype = None if args.save_dtype == "same" else DTYPES[args.save_dtype]
     identity = {"model": name, "model_id": adapter.model_id, "revision": adapter.revision}
+    workers = auto_workers(adapter.device) if args.num_workers is None else args.num_workers
     results = []
     for shard in shards:
         records = list_images(args.root, shard)[: args.max_images]
@@ -97,7 +104,7 @@ def extract_model(
                 preprocess=adapter.preprocessor,
                 kinds=("pre", "post"),
                 batch_size=args.batch_size,
-                num_workers=args.num_workers,
+                num_workers=workers,
                 save_every=args.save_every,
                 save_dtype=save_dtype,
                 skip_existing=args.skip_existing,
