@@ -70,8 +70,9 @@ def test_layout_contents_and_manifest(noise_root, tmp_path, random_connector_dir
     torch.testing.assert_close(post_items["img_005"], want.post[0], rtol=1e-4, atol=1e-5)
 
 
-def test_rerun_with_skip_existing_loads_nothing(noise_root, tmp_path, random_connector_dir,
-                                                monkeypatch):
+def test_rerun_with_skip_existing_loads_nothing(
+    noise_root, tmp_path, random_connector_dir, monkeypatch
+):
     out = tmp_path / "vec"
     assert _run(noise_root, out, random_connector_dir) == 0
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
@@ -116,9 +117,7 @@ def test_kill_and_resume_gives_identical_bytes(tmp_path, random_connector_dir):
     assert not list(shard.glob("*.tmp"))
 
 
-def test_resume_refuses_output_of_another_model(
-    noise_root, tmp_path, random_connector_dir, capsys
-):
+def test_resume_refuses_output_of_another_model(noise_root, tmp_path, random_connector_dir, capsys):
     out = tmp_path / "vec"
     assert _run(noise_root, out, random_connector_dir, "--shards", "s1") == 0
     other = tmp_path / "other_connector"
@@ -136,8 +135,9 @@ def test_resume_refuses_output_of_another_model(
         (["--shards", "nope"], "not found"),
     ],
 )
-def test_bad_arguments_fail_clearly(noise_root, tmp_path, random_connector_dir, capsys, extra,
-                                    message):
+def test_bad_arguments_fail_clearly(
+    noise_root, tmp_path, random_connector_dir, capsys, extra, message
+):
     assert _run(noise_root, tmp_path / "v", random_connector_dir, *extra) == 2
     assert message in capsys.readouterr().err
 

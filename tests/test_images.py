@@ -102,9 +102,7 @@ def test_loader_streams_in_order_with_workers(tmp_path: Path) -> None:
     make_zoo(tmp_path / "zoo")
     records = list_images(tmp_path, "zoo")
     seen = []
-    for batch in image_loader(
-        records, lambda ims: {"n": len(ims)}, batch_size=4, num_workers=2
-    ):
+    for batch in image_loader(records, lambda ims: {"n": len(ims)}, batch_size=4, num_workers=2):
         seen += [it.record.key for it in batch.items]
         assert batch.inputs is None or batch.inputs["n"] == len(batch.good)
         assert all(it.image is None for it in batch.items)  # pixels not shipped back

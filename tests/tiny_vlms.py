@@ -43,8 +43,15 @@ def save_llava(folder: Path) -> None:
 
     torch.manual_seed(0)
     tok = tokenizer(["<image>"])
-    vision = dict(hidden_size=VISION_HIDDEN, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, image_size=28, patch_size=7, projection_dim=16)
+    vision = dict(
+        hidden_size=VISION_HIDDEN,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=28,
+        patch_size=7,
+        projection_dim=16,
+    )
     cfg = tf.LlavaConfig(
         vision_config=tf.CLIPVisionConfig(**vision),
         text_config=tf.LlamaConfig(vocab_size=len(tok), **TEXT),
@@ -81,8 +88,9 @@ def save_idefics2(folder: Path) -> None:
     improc = tf.Idefics2ImageProcessor(
         do_image_splitting=True, size={"longest_edge": 28, "shortest_edge": 14}
     )
-    proc = tf.Idefics2Processor(image_processor=improc, tokenizer=tok, image_seq_len=4,
-                                chat_template=_template("<image>"))
+    proc = tf.Idefics2Processor(
+        image_processor=improc, tokenizer=tok, image_seq_len=4, chat_template=_template("<image>")
+    )
     _save(model, proc, folder)
 
 
@@ -97,21 +105,47 @@ def save_qwen(folder: Path, family: str) -> None:
            [("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
             ("vision_start_token_id", "<|vision_start|>"),
             ("vision_end_token_id", "<|vision_end|>")]}  # fmt: skip
-    text = dict(vocab_size=len(tok), rope_parameters={"rope_type": "default", "rope_theta": 1e4,
-                                                      "mrope_section": [2, 1, 1]}, **TEXT)
+    text = dict(
+        vocab_size=len(tok),
+        rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 1, 1]},
+        **TEXT,
+    )
     if family == "qwen2.5vl":
-        vision = dict(depth=2, hidden_size=VISION_HIDDEN, intermediate_size=64, num_heads=4,
-                      out_hidden_size=32, patch_size=7, spatial_merge_size=2,
-                      temporal_patch_size=2, window_size=28, fullatt_block_indexes=[1],
-                      in_chans=3)
+        vision = dict(
+            depth=2,
+            hidden_size=VISION_HIDDEN,
+            intermediate_size=64,
+            num_heads=4,
+            out_hidden_size=32,
+            patch_size=7,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=28,
+            fullatt_block_indexes=[1],
+            in_chans=3,
+        )
         cfg = tf.Qwen2_5_VLConfig(vision_config=vision, text_config=text, **ids)
         model = tf.Qwen2_5_VLForConditionalGeneration(cfg).eval()
     else:
-        vision = dict(depth=2, hidden_size=VISION_HIDDEN, intermediate_size=64, num_heads=4,
-                      out_hidden_size=32, patch_size=7, spatial_merge_size=2,
-                      temporal_patch_size=2, num_position_embeddings=64, in_channels=3)
-        text = dict(text, layer_types=["full_attention"] * TEXT["num_hidden_layers"],
-                    head_dim=8, linear_num_value_heads=2, linear_num_key_heads=2)
+        vision = dict(
+            depth=2,
+            hidden_size=VISION_HIDDEN,
+            intermediate_size=64,
+            num_heads=4,
+            out_hidden_size=32,
+            patch_size=7,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            num_position_embeddings=64,
+            in_channels=3,
+        )
+        text = dict(
+            text,
+            layer_types=["full_attention"] * TEXT["num_hidden_layers"],
+            head_dim=8,
+            linear_num_value_heads=2,
+            linear_num_key_heads=2,
+        )
         cfg = tf.Qwen3_5Config(vision_config=vision, text_config=text, **ids)
         model = tf.Qwen3_5ForConditionalGeneration(cfg).eval()
     improc = tf.Qwen2VLImageProcessorPil(
