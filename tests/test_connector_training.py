@@ -148,3 +148,52 @@ def test_mini_connect_equals_encode(mini_adapter):
     inputs = mini_adapter.preprocessor([Image.new("RGB", (50, 40), (200, 10, 10))])
     out = mini_adapter.encode(inputs)
     torch.testing.assert_close(mini_adapter.connect(inputs, out.pre)[0], out.post[0])
+
+
+def test_train_connector_for_another_encoder_and_lm(tmp_path):
+    """train_connector with a hub-style vision tower and LM given by path (tiny random CLIP and
+    Llama): it trains, saves, and the saved folder loads as a working `mini`-style VLM."""
+    import json
+
+    import transformers as tf
+
+    from src.models import load_adapter
+    from src.train import train_connector
+    from tests.conftest import write_noise_images
+    from tests.tiny_vlms import TEXT, tokenizer
+
+    torch.manual_seed(0)
+    vision_dir, lm_dir = tmp_path / "clip", tmp_path / "lm"
+    clip = tf.CLIPModel(tf.CLIPConfig(
+        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, vocab_size=50),
+        vision_config=dict(hidden_size=24, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=28, patch_size=7),
+        projection_dim=8))  # fmt: skip
+    clip.save_pretrained(vision_dir)
+    tf.CLIPImageProcessor(
+        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}
+    ).save_pretrained(vision_dir)
+    tok = tokenizer(["<|im_start|>", "<|im_end|>"], eos="<|im_end|>")
+    tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=len(tok), **TEXT)).save_pretrained(lm_dir)
+    tok.save_pretrained(lm_dir)
+    root = tmp_path / "images"
+    write_noise_images(root / "train", 6)
+    write_noise_images(root / "held", 2, seed=5)
+    out = tmp_path / "connector"
+    assert train_connector.main([
+        "--root", str(root), "--eval_shards", "held", "--vision", str(vision_dir),
+        "--lm", str(lm_dir), "--steps", "3", "--batch_size", "2", "--warmup", "1",
+        "--out_dir", str(out), "--work_dir", str(tmp_path / "work"), "--no_progress",
+    ]) == 0  # fmt: skip
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["in_dim"], cfg["out_dim"]) == (24, TEXT["hidden_size"])
+    assert cfg["vision"] == str(vision_dir) and cfg["lm"] == str(lm_dir)
+    assert cfg["training"]["n_train"] == 6
+    adapter = load_adapter("mini", str(out))
+    from PIL import Image
+
+    inputs = adapter.preprocessor([Image.new("RGB", (40, 30), (0, 90, 200))], "describe")
+    enc = adapter.encode(inputs)
+    assert enc.pre[0].shape == (17, 24) and enc.post[0].shape == (17, TEXT["hidden_size"])
+    assert isinstance(adapter.generate(inputs, max_new_tokens=3)[0], str)

@@ -135,14 +135,23 @@ def test_rank_deficient_connector_loses_information(tmp_path):
     assert res["reconstructor"]["mse_standardised"]["mean"] > 0.2
 
 
-def test_transformer_for_changed_token_counts(tmp_path):
-    """A 2x2-merger-like connector (4 pre tokens -> 1 post token) through the mlp's expand, and
-    the transformer's learned queries: both recover a linear merger."""
+@pytest.mark.parametrize("model_type", ["mlp", "transformer"])
+def test_merger_like_connector_is_recovered(tmp_path, model_type):
+    """4 pre tokens -> 1 post token (a linear 2x2 merger): the mlp maps each post token back to
+    its 4 pre tokens (expand = 4); the transformer's learned queries learn the same from data."""
     torch.manual_seed(2)
     a = torch.linalg.qr(torch.randn(32, 32))[0]  # 4 tokens x 8 dims -> 32
     write_linear_vectors(tmp_path / "vector", "merge", a, expand=4, t=2, seed=3)
-    res = run_all(tmp_path, "merge")
-    assert res["reconstructor"]["cosine"]["mean"] > 0.97
+    extra = ["--model_type", model_type, "--num_heads", "4"]
+    res = run_all(tmp_path, "merge", *extra, epochs=40 if model_type == "transformer" else 30)
+    cos = {m: res[m]["cosine"]["mean"] for m in res}
+    if model_type == "mlp":
+        assert cos["reconstructor"] > 0.95
+    else:  # 40 epochs on 220 images: far from perfect, far above what a linear map of the mean gets
+        assert cos["reconstructor"] > 0.5 and cos["reconstructor"] > cos["ridge"] + 0.2
+    assert cos["reconstructor"] > cos["train_mean"] + 0.1
+    cfg = json.loads((tmp_path / "recon" / "merge" / "recon_config.json").read_text())
+    assert cfg["model_type"] == model_type and cfg["t_pre"] == 8 and cfg["t_post"] == 2
 
 
 def test_resume_equals_uninterrupted(tmp_path):
