@@ -1,0 +1,119 @@
+"""Caption scores: BERTScore through the bert-score package, CLIPScore through torchmetrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from src.models.towers import minilm_dir
+
+HESSEL_PREFIX = "A photo depicts "
+
+
+@dataclass(frozen=True)
+class BertScorer:
+    """bert_score.score with its backbone and layer fixed and recorded.
+
+    The default backbone is the offline all-MiniLM-L6-v2 (6 layers; its last layer is used).
+    idf weighting and baseline rescaling only when asked (rescaling needs a baseline file for the
+    backbone, which bert-score ships only for hub models).
+    """
+
+    model_type: str = ""
+    num_layers: int = 6
+    idf: bool = False
+    rescale: bool = False
+    batch_size: int = 64
+
+    @property
+    def backbone(self) -> str:
+        return self.model_type or str(minilm_dir())
+
+    def describe(self) -> dict[str, Any]:
+        name = "all-MiniLM-L6-v2 (offline)" if not self.model_type else self.model_type
+        return {"bertscore_model": name, "bertscore_layer": self.num_layers, "idf": self.idf,
+                "rescale_with_baseline": self.rescale}  # fmt: skip
+
+    def __call__(self, cands: Sequence[str], refs: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Per-pair precision, recall and F1: (N,) each."""
+        import bert_score
+
+        if len(cands) != len(refs):
+            raise ValueError(f"{len(cands)} candidates for {len(refs)} references")
+        p, r, f = bert_score.score(
+            list(cands), list(refs), model_type=self.backbone, num_layers=self.num_layers,
+            idf=self.idf, rescale_with_baseline=self.rescale, lang="en" if self.rescale else None,
+            batch_size=self.batch_size, verbose=False,
+        )  # fmt: skip
+        return {"bertscore_p": p, "bertscore_r": r, "bertscore_f1": f}
+
+
+class _TensorFeatures(torch.nn.Module):
+    """transformers 5.x returns output objects from get_image_features / get_text_features (the
+    projected vector is pooler_output); torchmetrics 1.9 calls .norm on the result. This hands it
+    the tensor and leaves its metric logic alone."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    def _tensor(self, out: Any) -> torch.Tensor:
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def get_image_features(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self._tensor(self.model.get_image_features(*args, **kwargs))
+
+    def get_text_features(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self._tensor(self.model.get_text_features(*args, **kwargs))
+
+
+class ClipScorer:
+    """CLIPScore = max(100 cos(E_image, E_caption), 0) as torchmetrics defines it, per pair.
+
+    variant 'hessel': 2.5 max(cos, 0) with the "A photo depicts" prefix (Hessel et al. 2021).
+    Captions longer than the text model's limit are truncated here, keeping the end-of-text
+    token (the text tower pools at it); torchmetrics' own truncation would cut it off.
+    """
+
+    def __init__(self, model_id: str, *, variant: str = "torchmetrics", device: str = "cpu"):
+        from transformers import CLIPModel, CLIPProcessor
+
+        if variant not in ("torchmetrics", "hessel"):
+            raise ValueError(f"unknown CLIPScore variant {variant!r}")
+        self.model_id, self.variant, self.device = model_id, variant, torch.device(device)
+        model = CLIPModel.from_pretrained(model_id).to(self.device).eval()
+        self.model = _TensorFeatures(model)
+        self.processor = CLIPProcessor.from_pretrained(model_id)
+        self.max_len = model.config.text_config.max_position_embeddings
+
+    def describe(self) -> dict[str, Any]:
+        return {"clipscore_model": self.model_id, "clipscore_variant": self.variant}
+
+    def truncate(self, caption: str) -> str:
+        tok = self.processor.tokenizer
+        ids = tok(caption, truncation=True, max_length=self.max_len)["input_ids"]
+        return tok.decode(ids, skip_special_tokens=True) if len(ids) >= self.max_len else caption
+
+    def __call__(self, images: Sequence[Image.Image], captions: Sequence[str]) -> torch.Tensor:
+        """(N,) scores for N (image, caption) pairs."""
+        # A private helper of torchmetrics 1.9.0 (pinned): its public CLIPScore only returns the
+        # batch mean, and a study needs one score per image. tests/test_text_scores.py checks
+        # that the mean of these equals the public metric.
+        from torchmetrics.functional.multimodal.clip_score import _clip_score_update
+
+        if len(images) != len(captions):
+            raise ValueError(f"{len(images)} images for {len(captions)} captions")
+        texts = [self.truncate(HESSEL_PREFIX + c if self.variant == "hessel" else c)
+                 for c in captions]  # fmt: skip
+        tensors = [torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1)
+                   for im in images]  # fmt: skip
+        with torch.no_grad():
+            score, _ = _clip_score_update(tensors, texts, self.model, self.processor)
+        score = score.clamp(min=0).cpu()
+        return score * 0.025 if self.variant == "hessel" else score  # 2.5 x cos
