@@ -16,7 +16,7 @@ from pathlib import Path
 from src.data import make_sample
 from src.data.io import read_manifest
 from src.data.paths import list_vector_shards, vector_shard_dir
-from src.eval import eval_recon
+from src.eval import eval_captions, eval_perturb, eval_recon, score_captions, score_perturb
 from src.extract import extract_clip, extract_knn, extract_vectors
 from src.train import export_recon, train_recon
 
@@ -40,6 +40,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--results", type=Path, default=Path("results"), help="result tables")
     p.add_argument("--recon_epochs", type=int, default=20)
+    p.add_argument("--caption_shard", default="synth_03", help="held-out shard to caption")
+    p.add_argument("--caption_n", type=int, default=200, help="images captioned per variant")
+    p.add_argument("--perturb_n", type=int, default=100, help="images per perturbation level")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--num_workers", type=int, help="decode workers (default: automatic)")
@@ -48,12 +51,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def flags(**kw: object) -> list[str]:
-    """flags(root=p, skip_existing=True) -> ['--root', 'p', '--skip_existing']; None/False drop."""
+    """flags(root=p, k=[1, 2], skip=True) -> ['--root', 'p', '--k', '1', '2', '--skip'];
+    None and False drop out."""
     out: list[str] = []
     for k, v in kw.items():
         if v is None or v is False:
             continue
-        out += [f"--{k}"] if v is True else [f"--{k}", str(v)]
+        if isinstance(v, list | tuple):
+            out += [f"--{k}", *map(str, v)]
+        else:
+            out += [f"--{k}"] if v is True else [f"--{k}", str(v)]
     return out
 
 
@@ -98,6 +105,28 @@ def plan(args: argparse.Namespace) -> list[Step]:
              flags(vec_root=data / "vector", model_dir=recon, recon_root=data / "vector_recon",
                    out_dir=args.results / "recon", **common)),
         ]  # fmt: skip
+        captions, perturbed = args.results / "captions" / model, data / "perturb_out"
+        vlm_id = dict(a.split("=", 1) for a in args.model_id or []).get(model)
+        held_out = dict(
+            shards=args.caption_shard, no_progress=quiet, skip_existing=True, vlm_id=vlm_id
+        )
+        steps += [
+            (f"captions post vs reconstruction {model}", eval_captions.main,
+             flags(vec_dir=vec, image_dir=images, embed_model=model, model_path=recon,
+                   compare_post_vs_recon=True, out_dir=captions, shard_limit=args.caption_n,
+                   device=args.device, **held_out)),
+            (f"score captions {model}", score_captions.main,
+             flags(caption_dir=captions, skip_existing=True)),
+        ]  # fmt: skip
+        for mode, levels in (("mask", [0.25, 0.5, 0.75]), ("lowrank", [0.25, 0.0625, 0])):
+            steps.append(
+                (f"perturb {mode} {model}", eval_perturb.main,
+                 flags(vec_dir=vec, image_dir=images, model_name=model, mode=mode, level=levels,
+                       out_dir=perturbed, limit=args.perturb_n, device=args.device, **held_out))
+            )  # fmt: skip
+    steps.append(("score perturbations", score_perturb.main,
+                  flags(perturb_dir=perturbed, out_dir=args.results / "perturb",
+                        skip_existing=True)))  # fmt: skip
     return steps
 
 

@@ -67,3 +67,45 @@ def test_compare_needs_a_reconstructor(study, capsys):
         "--embed_model", "mini", "--compare_post_vs_recon", "--out_dir", str(study / "x"),
     ]) == 2  # fmt: skip
     assert "--model_path" in capsys.readouterr().err
+
+
+def test_scoring_stages(study, random_connector_dir, capsys):
+    from src.eval import score_captions, score_perturb
+
+    caps = study / "caps2"
+    assert eval_captions.main([
+        "--vec_dir", str(study / "vec" / "mini"), "--image_dir", str(study / "images"),
+        "--embed_model", "mini", "--vlm_id", str(random_connector_dir), "--model_path",
+        str(study / "recon"), "--compare_post_vs_recon", "--out_dir", str(caps),
+        "--shard_limit", "4", "--max_new_tokens", "4", "--no_progress",
+    ]) == 0  # fmt: skip
+    table = pd.read_csv(caps / "s0.csv", keep_default_na=False)
+    table.loc[0, "reference"] = ""  # an image without reference caption
+    table.to_csv(caps / "s0.csv", index=False)
+    assert score_captions.main(["--caption_dir", str(caps), "--bootstrap", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "1 image(s) without reference caption" in out and "no CLIPScore" in out
+    scored = pd.read_csv(caps / "scored" / "s0.csv")
+    assert scored.bertscore_caption_post_ref.isna().tolist() == [True, False, False, False]
+    assert scored.bertscore_recon_vs_post.between(0, 1.0001).all()
+    summary = pd.read_csv(caps / "scored" / "summary.csv")
+    assert set(summary.score) >= {"bertscore_caption_post_ref", "bertscore_recon_vs_post"}
+
+    pert = study / "p_score"
+    assert eval_perturb.main([
+        "--vec_dir", str(study / "vec" / "mini"), "--image_dir", str(study / "images"),
+        "--model_name", "mini", "--vlm_id", str(random_connector_dir), "--mode", "lowrank",
+        "--level", "1", "0", "--limit", "3", "--max_new_tokens", "4", "--no_progress",
+        "--out_dir", str(pert),
+    ]) == 0  # fmt: skip
+    assert (
+        score_perturb.main(
+            ["--perturb_dir", str(pert), "--out_dir", str(pert / "scored"), "--bootstrap", "50"]
+        )
+        == 0
+    )
+    s = pd.read_csv(pert / "scored" / "summary.csv")
+    full = s[(s.level == 1.0) & (s.score == "bertscore_vs_original")].iloc[0]
+    assert full["mean"] == pytest.approx(1.0, abs=1e-4)  # full rank: the original caption
+    changed = s[(s.level == 1.0) & (s.score == "caption_changed")].iloc[0]
+    assert changed["mean"] == 0.0

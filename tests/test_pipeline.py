@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
+
 from src import pipeline
 from src.extract import extract_vectors
 
@@ -25,6 +27,12 @@ def test_pipeline_runs_and_reruns_without_work(tmp_path, random_connector_dir, m
         "0",
         "--batch_size",
         "8",
+        "--caption_shard",
+        "synth_01",
+        "--caption_n",
+        "3",
+        "--perturb_n",
+        "2",
         "--model_id",
         f"mini={random_connector_dir}",
         "--no_progress",
@@ -37,6 +45,10 @@ def test_pipeline_runs_and_reruns_without_work(tmp_path, random_connector_dir, m
         assert (data / "vector_recon" / "mini" / shard / "manifest.json").exists()
     summary = json.loads((tmp_path / "results" / "recon" / "recon_mini.json").read_text())
     assert set(summary["methods"]) == {"reconstructor", "train_mean", "ridge"}
+    assert (tmp_path / "results" / "knn" / "mini" / "knn.csv").exists()
+    assert len(pd.read_csv(tmp_path / "results" / "captions" / "mini" / "synth_01.csv")) == 3
+    perturb = pd.read_csv(tmp_path / "results" / "perturb" / "summary.csv")
+    assert set(perturb["mode"]) == {"mask", "lowrank"}
     out = capsys.readouterr().out
     assert "E_pre recovered from E_post" in out and "vectors/mini:" in out
 

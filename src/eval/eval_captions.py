@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from src.data.io import atomic_write, write_manifest
+from src.data.io import atomic_write, is_complete, write_manifest
 from src.models import MODEL_NAMES, load_adapter
 from src.models.base import DEFAULT_PROMPT
 from src.models.captioning import caption_shard, stored
@@ -66,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if (
+        args.skip_existing
+        and is_complete(args.out_dir)
+        and all((args.out_dir / f"{d.name}.csv").exists() for d in dirs)
+    ):
+        print(f"  {args.out_dir}: every shard captioned, nothing to do")
+        return 0
     adapter = load_adapter(args.embed_model, args.vlm_id, device=device, dtype=dtype)
     if args.compare_post_vs_recon:
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from src.data.io import atomic_write, write_manifest
+from src.data.io import atomic_write, is_complete, write_manifest
 from src.models import MODEL_NAMES, load_adapter
 from src.models.base import DEFAULT_PROMPT
 from src.models.captioning import caption_shard, stored
@@ -61,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    out_dir = args.out_dir / args.model_name / args.mode
+    if (
+        args.skip_existing
+        and is_complete(out_dir)
+        and all((out_dir / f"{d.name}.csv").exists() for d in dirs)
+    ):
+        print(f"  {out_dir}: every shard done, nothing to do")
+        return 0
     adapter = load_adapter(args.model_name, args.vlm_id, device=device, dtype=dtype)
 
     def at(level: float):
@@ -72,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         return variant
 
     variants = {"original": stored} | {level_name(lv): at(lv) for lv in args.level}
-    out_dir = args.out_dir / args.model_name / args.mode
     for d in dirs:
         out = out_dir / f"{d.name}.csv"
         if args.skip_existing and out.exists():

@@ -39,8 +39,11 @@ class BertScorer:
         return {"bertscore_model": name, "bertscore_layer": self.num_layers, "idf": self.idf,
                 "rescale_with_baseline": self.rescale}  # fmt: skip
 
-    def __call__(self, cands: Sequence[str], refs: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Per-pair precision, recall and F1: (N,) each."""
+    def __call__(
+        self, cands: Sequence[str], refs: Sequence[str] | Sequence[list[str]]
+    ) -> dict[str, torch.Tensor]:
+        """Per-pair precision, recall and F1: (N,) each. A list of references per candidate
+        scores against the best-matching one (bert-score's multi-reference mode)."""
         import bert_score
 
         if len(cands) != len(refs):
@@ -117,3 +120,34 @@ class ClipScorer:
             score, _ = _clip_score_update(tensors, texts, self.model, self.processor)
         score = score.clamp(min=0).cpu()
         return score * 0.025 if self.variant == "hessel" else score  # 2.5 x cos
+
+
+def split_references(cell: str) -> list[str]:
+    """'a | b' (how caption tables store several references) -> ['a', 'b']; '' -> []."""
+    return [r.strip() for r in str(cell).split(" | ") if r.strip()] if cell == cell else []
+
+
+def score_summary(
+    df: Any, by: list[str], columns: list[str], n_boot: int = 1000, seed: int = 0
+) -> Any:
+    """Tidy table: one row per group x score column, with mean, bootstrap CI, n (NaN ignored)."""
+    import pandas as pd
+
+    from src.metrics.stats import summarize
+
+    rows = []
+    groups = df.groupby(by) if by else [((), df)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        for col in columns:
+            vals = torch.tensor(
+                pd.to_numeric(g[col], errors="coerce").to_numpy(), dtype=torch.float64
+            )
+            vals = vals[torch.isfinite(vals)]
+            if vals.numel() == 0:
+                continue
+            s = summarize(vals, n_boot=n_boot, seed=seed)
+            rows.append({**dict(zip(by, key, strict=True)), "score": col, "mean": s["mean"],
+                         "ci_low": s["ci_low"], "ci_high": s["ci_high"], "std": s["std"],
+                         "n": s["n"]})  # fmt: skip
+    return pd.DataFrame(rows)

@@ -147,12 +147,17 @@ class RunningMoments:
         self.s = x.sum(0) if self.s is None else self.s + x.sum(0)
         self.ss = (x * x).sum(0) if self.ss is None else self.ss + (x * x).sum(0)
 
-    def result(self, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    def result(self, rel_floor: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (mean, std). std is floored at rel_floor x the mean channel std: a channel
+        that barely moves in the training split (dead ReLU units, padding) would otherwise turn
+        any later movement into a huge standardised error."""
         if self.n < 2 or self.s is None or self.ss is None:
             raise ValueError("need at least two rows to estimate normalisation statistics")
         mean = self.s / self.n
         var = (self.ss / self.n - mean * mean).clamp(min=0) * self.n / (self.n - 1)
-        return mean.float(), var.sqrt().clamp(min=eps).float()
+        std = var.sqrt()
+        floor = max(float(std.mean()) * rel_floor, 1e-8)
+        return mean.float(), std.clamp(min=floor).float()
 
 
 # --------------------------------------------------------------------------------------------
