@@ -45,3 +45,20 @@ def list_vector_shards(model_dir: Path) -> list[str]:
         for p in model_dir.iterdir()
         if p.is_dir() and any(_CHUNK_RE.match(c.name) for c in p.iterdir())
     )
+
+
+def shard_dirs(folder: Path, shards: list[str] | None = None) -> list[Path]:
+    """Shard folders of a vector folder: a folder holding chunk files is itself one shard;
+    otherwise its sub-folders with chunks are (only `shards`, when given)."""
+    folder = Path(folder)
+    if any(_CHUNK_RE.match(p.name) for p in folder.glob("*_vectors_*.pt")):
+        return [folder]
+    names = list_vector_shards(folder)
+    if shards:
+        missing = sorted(set(shards) - set(names))
+        if missing:
+            raise ValueError(f"shard(s) {missing} not in {folder}")
+        names = [n for n in names if n in shards]
+    if not names:
+        raise ValueError(f"no vector chunks under {folder}")
+    return [folder / n for n in names]

@@ -11,11 +11,12 @@ import pandas as pd
 import torch
 
 from src.data.io import atomic_write, is_complete, write_manifest
+from src.data.paths import shard_dirs
 from src.models import MODEL_NAMES, load_adapter
 from src.models.base import DEFAULT_PROMPT
 from src.models.captioning import caption_shard, stored
 from src.runtime import add_runtime_args, csv_list, resolve_device, resolve_dtype
-from src.training.recon import STATS_NAME, NormStats, load_recon, reconstruct, shard_dirs
+from src.training.recon import STATS_NAME, NormStats, load_recon, reconstruct
 
 
 def get_args_parser() -> argparse.ArgumentParser:

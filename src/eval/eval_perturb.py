@@ -11,12 +11,12 @@ import pandas as pd
 import torch
 
 from src.data.io import atomic_write, is_complete, write_manifest
+from src.data.paths import shard_dirs
 from src.models import MODEL_NAMES, load_adapter
 from src.models.base import DEFAULT_PROMPT
 from src.models.captioning import caption_shard, stored
 from src.models.perturb import MODES, perturb
 from src.runtime import add_runtime_args, csv_list, resolve_device, resolve_dtype
-from src.training.recon import shard_dirs
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from src.data.io import atomic_write, read_manifest, write_json_atomic, write_manifest
-from src.data.paths import chunk_path, list_chunk_indices, vector_shard_dir
+from src.data.paths import chunk_path, list_chunk_indices, shard_dirs, vector_shard_dir
 from src.data.vectors import check_aligned, load_chunk
 from src.metrics.recon import fit_ridge, token_cosine, token_mse
 from src.metrics.stats import summarize
@@ -31,7 +31,6 @@ from src.training.recon import (
     iter_pairs,
     load_recon,
     pair_sources,
-    shard_dirs,
 )
 
 METHODS = ("reconstructor", "train_mean", "ridge")

@@ -10,8 +10,13 @@ from pathlib import Path
 import pandas as pd
 
 from src.data.io import atomic_write, is_complete, write_json_atomic, write_manifest
-from src.metrics.caption_tables import add_scorer_args, clip_scores, reference_scores
-from src.metrics.text import BertScorer, ClipScorer, score_summary, split_references
+from src.metrics.caption_tables import (
+    add_scorer_args,
+    build_scorers,
+    clip_scores,
+    reference_scores,
+)
+from src.metrics.text import score_summary, split_references
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -34,19 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     if not tables:
         print(f"error: no caption tables in {args.caption_dir}", file=sys.stderr)
         return 2
-    if args.clip_model and not args.image_dir:
-        print("error: CLIPScore needs --image_dir", file=sys.stderr)
-        return 2
     if args.skip_existing and is_complete(out_dir):
         print(f"  {out_dir} is complete, nothing to do")
         return 0
-    bert = BertScorer(
-        args.bertscore_model, args.bertscore_layers, args.idf, args.rescale, args.batch_size
-    )
-    clip = ClipScorer(args.clip_model, variant=args.clip_variant, device=args.device) \
-        if args.clip_model else None  # fmt: skip
-    if clip is None:
-        print("note: no --clip_model, so no CLIPScore (no CLIP ships offline); BERTScore only")
+    try:
+        bert, clip = build_scorers(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     scored = []
     for path in tables:
         target = out_dir / path.name

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from src.data.io import atomic_write, is_complete, write_json_atomic, write_manifest
-from src.data.paths import list_vector_shards
+from src.data.paths import shard_dirs
 from src.data.vectors import check_aligned, iter_chunks, pool_chunk
 from src.metrics.neighbors import (
     distance_correlation,
@@ -99,22 +99,6 @@ class Space:
     keys: list[str]
     shards: list[str]  # shard of each row
     x: torch.Tensor  # (N, D) pooled, float32
-
-
-def shard_dirs(folder: Path, shards: list[str] | None) -> list[Path]:
-    """A folder with chunk files is one shard; otherwise its sub-folders are the shards."""
-    folder = Path(folder)
-    if any(folder.glob("*_vectors_*.pt")):
-        return [folder]
-    names = list_vector_shards(folder)
-    if shards:
-        missing = sorted(set(shards) - set(names))
-        if missing:
-            raise ValueError(f"shard(s) {missing} not in {folder}")
-        names = [n for n in names if n in shards]
-    if not names:
-        raise ValueError(f"no vector chunks under {folder}")
-    return [folder / n for n in names]
 
 
 def _pool(chunk, pool: str) -> torch.Tensor:

@@ -53,3 +53,15 @@ def clip_scores(
     for col in columns:
         df[f"clipscore_{col}"] = clip(images, df[col].fillna("").tolist()).numpy()
     return df
+
+
+def build_scorers(args: argparse.Namespace) -> tuple[BertScorer, ClipScorer | None]:
+    """The scorers add_scorer_args configured; CLIPScore only with a CLIP (none ships offline)."""
+    if args.clip_model and not args.image_dir:
+        raise ValueError("CLIPScore needs --image_dir")
+    bert = BertScorer(args.bertscore_model, args.bertscore_layers, args.idf, args.rescale,
+                      args.batch_size)  # fmt: skip
+    if not args.clip_model:
+        print("note: no --clip_model, so no CLIPScore (no CLIP ships offline); BERTScore only")
+        return bert, None
+    return bert, ClipScorer(args.clip_model, variant=args.clip_variant, device=args.device)

@@ -12,10 +12,10 @@ from tqdm.auto import tqdm
 
 from src.data.extraction import prepare_folder
 from src.data.io import write_manifest
-from src.data.paths import chunk_path, list_chunk_indices, vector_shard_dir
+from src.data.paths import chunk_path, list_chunk_indices, shard_dirs, vector_shard_dir
 from src.data.vectors import Chunk, load_chunk, save_chunk
 from src.runtime import csv_list, resolve_device
-from src.training.recon import STATS_NAME, NormStats, load_recon, reconstruct, shard_dirs
+from src.training.recon import STATS_NAME, NormStats, load_recon, reconstruct
 
 
 def get_args_parser() -> argparse.ArgumentParser:

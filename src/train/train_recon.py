@@ -25,6 +25,7 @@ from src.data.io import (
     write_json_atomic,
     write_manifest,
 )
+from src.data.paths import shard_dirs
 from src.runtime import csv_list
 from src.training.recon import (
     STATS_NAME,
@@ -37,7 +38,6 @@ from src.training.recon import (
     load_recon,
     pair_sources,
     save_recon,
-    shard_dirs,
 )
 
 CHECKPOINT = "checkpoint.pt"

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from src.data.io import atomic_write, write_json_atomic
-from src.data.paths import chunk_path, list_chunk_indices, list_vector_shards
+from src.data.paths import chunk_path, list_chunk_indices
 from src.data.vectors import check_aligned, load_chunk
 
 STATS_NAME = "norm_stats.safetensors"  # beside the reconstructor's weights
@@ -33,22 +33,6 @@ class PairSource:
         post = load_chunk(chunk_path(self.shard_dir, "post", self.index))
         check_aligned(pre, post, f"{self.shard_dir} chunk {self.index}")
         return pre.keys, pre.items(), post.items()
-
-
-def shard_dirs(vec_dir: Path, shards: list[str] | None = None) -> list[Path]:
-    """vec_dir is one shard folder (has chunk files) or a model folder holding shard folders."""
-    vec_dir = Path(vec_dir)
-    if list_chunk_indices(vec_dir, "pre"):
-        return [vec_dir]
-    names = list_vector_shards(vec_dir)
-    if shards:
-        missing = sorted(set(shards) - set(names))
-        if missing:
-            raise ValueError(f"shard(s) {missing} not in {vec_dir}")
-        names = [n for n in names if n in shards]
-    if not names:
-        raise ValueError(f"no vector chunks under {vec_dir}")
-    return [vec_dir / n for n in names]
 
 
 def pair_sources(dirs: list[Path]) -> list[PairSource]:
