@@ -82,6 +82,11 @@ def plan(args: argparse.Namespace) -> list[Step]:
                       flags(root=images, out_dir=data / "clip_ref" / ref, model_id=ref,
                             **loader)))  # fmt: skip
     refs = [f"{ref}:{data / 'clip_ref' / ref}" for ref in ("efficientnet-lite0", "minilm")]
+    ids = dict(a.split("=", 1) for a in args.model_id or [])
+    # No CLIP ships offline: score captions by their NLL under mini given the image instead.
+    nll = {}
+    if "mini" in args.models.split(","):
+        nll = dict(nll_vec_dir=data / "vector" / "mini", nll_model=ids.get("mini"))
     for model in args.models.split(","):
         recon = data / "recon" / model
         common = dict(embed_model=model, skip_existing=True, no_progress=quiet)
@@ -106,7 +111,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
                    out_dir=args.results / "recon", **common)),
         ]  # fmt: skip
         captions, perturbed = args.results / "captions" / model, data / "perturb_out"
-        vlm_id = dict(a.split("=", 1) for a in args.model_id or []).get(model)
+        vlm_id = ids.get(model)
         held_out = dict(
             shards=args.caption_shard, no_progress=quiet, skip_existing=True, vlm_id=vlm_id
         )
@@ -116,7 +121,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
                    compare_post_vs_recon=True, out_dir=captions, shard_limit=args.caption_n,
                    device=args.device, **held_out)),
             (f"score captions {model}", score_captions.main,
-             flags(caption_dir=captions, skip_existing=True)),
+             flags(caption_dir=captions, skip_existing=True, **nll)),
         ]  # fmt: skip
         for mode, levels in (("mask", [0.25, 0.5, 0.75]), ("lowrank", [0.25, 0.0625, 0])):
             steps.append(
@@ -126,7 +131,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
             )  # fmt: skip
     steps.append(("score perturbations", score_perturb.main,
                   flags(perturb_dir=perturbed, out_dir=args.results / "perturb",
-                        skip_existing=True)))  # fmt: skip
+                        skip_existing=True, **nll)))  # fmt: skip
     return steps
 
 

@@ -109,3 +109,31 @@ def test_scoring_stages(study, random_connector_dir, capsys):
     assert full["mean"] == pytest.approx(1.0, abs=1e-4)  # full rank: the original caption
     changed = s[(s.level == 1.0) & (s.score == "caption_changed")].iloc[0]
     assert changed["mean"] == 0.0
+
+
+def test_offline_image_text_score_is_mini_caption_nll(study, random_connector_dir):
+    """score_captions --nll_vec_dir: the caption's NLL under mini given the stored E_post."""
+    import torch
+
+    from src.data.vectors import iter_chunks
+    from src.eval import score_captions
+    from src.models import load_adapter
+
+    caps = study / "caps_nll"
+    assert eval_captions.main([
+        "--vec_dir", str(study / "vec" / "mini"), "--image_dir", str(study / "images"),
+        "--embed_model", "mini", "--vlm_id", str(random_connector_dir), "--out_dir", str(caps),
+        "--shard_limit", "3", "--max_new_tokens", "4", "--no_progress",
+    ]) == 0  # fmt: skip
+    assert score_captions.main([
+        "--caption_dir", str(caps), "--nll_vec_dir", str(study / "vec" / "mini"),
+        "--nll_model", str(random_connector_dir), "--bootstrap", "20",
+    ]) == 0  # fmt: skip
+    scored = pd.read_csv(caps / "scored" / "s0.csv", keep_default_na=False)
+    adapter = load_adapter("mini", str(random_connector_dir))
+    _, chunk = next(iter_chunks(study / "vec" / "mini" / "s0", "post"))
+    post = torch.stack(chunk.items()[:3])
+    with torch.no_grad():
+        want = adapter.model.caption_loss(post, scored.caption_post.tolist())
+    torch.testing.assert_close(torch.tensor(scored.mini_nll_caption_post.tolist()), want,
+                               rtol=1e-4, atol=1e-4)  # fmt: skip

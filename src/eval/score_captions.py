@@ -14,6 +14,7 @@ from src.metrics.caption_tables import (
     add_scorer_args,
     build_scorers,
     clip_scores,
+    nll_scores,
     reference_scores,
 )
 from src.metrics.text import score_summary, split_references
@@ -65,10 +66,14 @@ def main(argv: list[str] | None = None) -> int:
             )["bertscore_f1"]
         if clip is not None:
             df = clip_scores(df, columns, clip, args.image_dir)
+        if args.nll_vec_dir is not None:
+            df = nll_scores(df, columns, args.nll_vec_dir, args.nll_model, args.device)
         atomic_write(target, lambda tmp, df=df: df.to_csv(tmp, index=False))
         scored.append(df)
     all_rows = pd.concat(scored, ignore_index=True)
-    score_cols = [c for c in all_rows.columns if c.startswith(("bertscore_", "clipscore_"))]
+    score_cols = [
+        c for c in all_rows.columns if c.startswith(("bertscore_", "clipscore_", "mini_nll_"))
+    ]
     summary = score_summary(all_rows, [], score_cols, args.bootstrap, args.seed)
     atomic_write(out_dir / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
     meta = {**bert.describe(), **(clip.describe() if clip else {"clipscore_model": None})}

@@ -15,6 +15,7 @@ from src.metrics.caption_tables import (
     add_scorer_args,
     build_scorers,
     clip_scores,
+    nll_scores,
     reference_scores,
 )
 from src.metrics.text import score_summary
@@ -61,11 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         df = reference_scores(df, ["caption"], bert)
         if clip is not None:
             df = clip_scores(df, ["caption"], clip, args.image_dir)
+        if args.nll_vec_dir is not None:
+            df = nll_scores(df, ["caption"], args.nll_vec_dir, args.nll_model, args.device)
         df.insert(0, "model", model)
         atomic_write(target, lambda tmp, df=df: df.to_csv(tmp, index=False))
         scored.append(df)
     rows = pd.concat(scored, ignore_index=True)
-    cols = [c for c in rows.columns if c.startswith(("bertscore_", "clipscore_"))]
+    cols = [c for c in rows.columns if c.startswith(("bertscore_", "clipscore_", "mini_nll_"))]
     rows["caption_changed"] = (rows["caption"] != rows["caption_original"]).astype(float)
     summary = score_summary(
         rows, ["model", "mode", "level"], [*cols, "caption_changed"], args.bootstrap, args.seed

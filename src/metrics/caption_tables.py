@@ -28,6 +28,14 @@ def add_scorer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--nll_vec_dir",
+        type=Path,
+        help="an image-text score that exists offline: the caption's mean token NLL "
+        "under `mini` given the image's stored E_post (data/vector/mini); lower fits "
+        "better",
+    )
+    p.add_argument("--nll_model", help="mini connector folder for the NLL (default: committed)")
     p.add_argument("--skip_existing", action="store_true")
 
 
@@ -62,6 +70,37 @@ def build_scorers(args: argparse.Namespace) -> tuple[BertScorer, ClipScorer | No
     bert = BertScorer(args.bertscore_model, args.bertscore_layers, args.idf, args.rescale,
                       args.batch_size)  # fmt: skip
     if not args.clip_model:
-        print("note: no --clip_model, so no CLIPScore (no CLIP ships offline); BERTScore only")
+        print("note: no --clip_model, so no CLIPScore (no CLIP ships offline)")
         return bert, None
     return bert, ClipScorer(args.clip_model, variant=args.clip_variant, device=args.device)
+
+
+def nll_scores(
+    df: pd.DataFrame, columns: list[str], vec_dir: Path, model_id: str | None, device: str
+) -> pd.DataFrame:
+    """mini_nll_<col>: mean token NLL of each caption under `mini` given the image's stored
+    E_post (vec_dir = data/vector/mini). A real image-text score where no CLIP is at hand."""
+    import torch
+
+    from src.data.paths import shard_dirs
+    from src.data.vectors import iter_chunks
+    from src.models import load_adapter
+
+    adapter = load_adapter("mini", model_id, device=device)
+    post: dict[tuple[str, str], torch.Tensor] = {}
+    for d in shard_dirs(vec_dir, sorted(df["shard"].unique())):
+        for _, chunk in iter_chunks(d, "post"):
+            post.update({(d.name, k): v for k, v in chunk.by_key().items()})
+    rows = list(zip(df["shard"], df["key"], strict=True))
+    missing = [r for r in rows if r not in post]
+    if missing:
+        raise ValueError(f"no stored E_post in {vec_dir} for {missing[:3]}")
+    for col in columns:
+        out = []
+        for s in range(0, len(rows), 32):
+            x = torch.stack([post[r] for r in rows[s : s + 32]]).to(adapter.device)
+            caps = [c if c else " " for c in df[col].iloc[s : s + 32].fillna("").tolist()]
+            with torch.no_grad():
+                out += adapter.model.caption_loss(x, caps).tolist()
+        df[f"mini_nll_{col}"] = out
+    return df
