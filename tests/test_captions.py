@@ -35,9 +35,11 @@ def test_captions_from_stored_post_equal_the_models_own(study, mini_adapter, ran
         "--embed_model", "mini", "--vlm_id", str(random_connector_dir), "--model_path",
         str(study / "recon"), "--compare_post_vs_recon", "--out_dir", str(out),
         "--shard_limit", "5", "--max_new_tokens", "6", "--batch_size", "2", "--no_progress",
+        "--with_bertscore",
     ]) == 0  # fmt: skip
     df = pd.read_csv(out / "s0.csv", keep_default_na=False)
-    assert list(df.columns) == ["shard", "key", "reference", "caption_post", "caption_recon"]
+    assert list(df.columns)[:5] == ["shard", "key", "reference", "caption_post", "caption_recon"]
+    assert {"bertscore_caption_post_ref", "bertscore_recon_vs_post"} <= set(df.columns)
     assert len(df) == 5 and df.reference.iloc[0] == "noise picture number 0"
     recs = list_images(study / "images", "s0")[:5]
     inputs = mini_adapter.preprocessor([load_image(r).image for r in recs], "Describe the image.")

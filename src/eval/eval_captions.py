@@ -12,6 +12,8 @@ import torch
 
 from src.data.io import atomic_write, is_complete, write_manifest
 from src.data.paths import shard_dirs
+from src.metrics.caption_tables import reference_scores
+from src.metrics.text import BertScorer
 from src.models import MODEL_NAMES, load_adapter
 from src.models.base import DEFAULT_PROMPT
 from src.models.captioning import caption_shard, stored
@@ -44,6 +46,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--max_new_tokens", type=int, default=32)
     p.add_argument("--amp", action="store_true", help="bf16 autocast on GPU")
+    p.add_argument(
+        "--with_bertscore",
+        action="store_true",
+        help="add BERTScore F1 columns (offline MiniLM backbone; score_captions has "
+        "every scorer option)",
+    )
     p.add_argument("--skip_existing", action="store_true")
     p.add_argument("--no_progress", action="store_true")
     add_runtime_args(p)
@@ -103,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
         df = pd.DataFrame(rows)
+        if args.with_bertscore:
+            caption_cols = [c for c in df.columns if c.startswith("caption_")]
+            df = reference_scores(df, caption_cols, BertScorer())
+            if args.compare_post_vs_recon:
+                df["bertscore_recon_vs_post"] = BertScorer()(
+                    df["caption_recon"].tolist(), df["caption_post"].tolist()
+                )["bertscore_f1"].numpy()
         atomic_write(out, lambda tmp, df=df: df.to_csv(tmp, index=False))
         if budget is not None:
             budget -= len(df)
