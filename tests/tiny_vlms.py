@@ -110,42 +110,18 @@ def save_qwen(folder: Path, family: str) -> None:
         rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 1, 1]},
         **TEXT,
     )
+    vision = dict(depth=2, hidden_size=VISION_HIDDEN, intermediate_size=64, num_heads=4,
+                  out_hidden_size=TEXT_HIDDEN, patch_size=7, spatial_merge_size=2,
+                  temporal_patch_size=2)  # fmt: skip
     if family == "qwen2.5vl":
-        vision = dict(
-            depth=2,
-            hidden_size=VISION_HIDDEN,
-            intermediate_size=64,
-            num_heads=4,
-            out_hidden_size=32,
-            patch_size=7,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=28,
-            fullatt_block_indexes=[1],
-            in_chans=3,
-        )
+        # windowed attention over 28-px windows, so a 42 x 56 image has several windows
+        vision |= dict(window_size=28, fullatt_block_indexes=[1], in_chans=3)
         cfg = tf.Qwen2_5_VLConfig(vision_config=vision, text_config=text, **ids)
         model = tf.Qwen2_5_VLForConditionalGeneration(cfg).eval()
     else:
-        vision = dict(
-            depth=2,
-            hidden_size=VISION_HIDDEN,
-            intermediate_size=64,
-            num_heads=4,
-            out_hidden_size=32,
-            patch_size=7,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            num_position_embeddings=64,
-            in_channels=3,
-        )
-        text = dict(
-            text,
-            layer_types=["full_attention"] * TEXT["num_hidden_layers"],
-            head_dim=8,
-            linear_num_value_heads=2,
-            linear_num_key_heads=2,
-        )
+        vision |= dict(num_position_embeddings=64, in_channels=3)
+        text |= dict(layer_types=["full_attention"] * TEXT["num_hidden_layers"], head_dim=8,
+                     linear_num_value_heads=2, linear_num_key_heads=2)  # fmt: skip
         cfg = tf.Qwen3_5Config(vision_config=vision, text_config=text, **ids)
         model = tf.Qwen3_5ForConditionalGeneration(cfg).eval()
     improc = tf.Qwen2VLImageProcessorPil(
