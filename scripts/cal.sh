@@ -7,5 +7,5 @@ set -euo pipefail
 source "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}/scripts/_stage.sh"
 bridgescope_run "usage: [SBATCH_*=...] sbatch scripts/cal.sh --pre_pt data/vector/MODEL --post_pt data/vector/MODEL --out_dir DIR [extract_knn args]
   e.g. sbatch --gres=gpu:1 scripts/cal.sh --pre_pt data/vector/llava --post_pt data/vector/llava --ref clip:data/clip_ref/clip --out_dir results/knn/llava
-  (mkdir -p logs first; see python -m src.extract.extract_knn --help)" \
+  (submit from the repository root: logs go to its logs/ folder; see python -m src.extract.extract_knn --help)" \
   src.extract.extract_knn "$@"

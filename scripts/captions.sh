@@ -7,5 +7,5 @@ set -euo pipefail
 source "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}/scripts/_stage.sh"
 bridgescope_run "usage: [SBATCH_*=...] sbatch scripts/captions.sh --vec_dir data/vector/MODEL --image_dir IMAGES --embed_model MODEL --out_dir DIR [eval_captions args]
   e.g. sbatch --gres=gpu:1 scripts/captions.sh --vec_dir data/vector/llava --image_dir data/images --embed_model llava --model_path data/recon/llava --compare_post_vs_recon --out_dir results/captions/llava --amp
-  (mkdir -p logs first; see python -m src.eval.eval_captions --help)" \
+  (submit from the repository root: logs go to its logs/ folder; see python -m src.eval.eval_captions --help)" \
   src.eval.eval_captions "$@"

@@ -9,5 +9,5 @@ set -euo pipefail
 source "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}/scripts/_stage.sh"
 bridgescope_run "usage: [SBATCH_*=...] sbatch scripts/emb.sh --vec_dir data/vector/MODEL --embed_model MODEL --out_dir DIR [train_recon args]
   e.g. sbatch --gres=gpu:1 scripts/emb.sh --vec_dir data/vector/llava --embed_model llava --out_dir data/recon/llava --normalize --amp --resume
-  (mkdir -p logs first; see python -m src.train.train_recon --help)" \
+  (submit from the repository root: logs go to its logs/ folder; see python -m src.train.train_recon --help)" \
   src.train.train_recon "$@"

@@ -7,5 +7,5 @@ set -euo pipefail
 source "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}/scripts/_stage.sh"
 bridgescope_run "usage: [SBATCH_*=...] sbatch scripts/export_recon.sh --embed_model MODEL [export_recon args]
   e.g. sbatch --gres=gpu:1 scripts/export_recon.sh --embed_model llava --out_base data/vector_recon --skip_existing
-  (mkdir -p logs first; see python -m src.train.export_recon --help)" \
+  (submit from the repository root: logs go to its logs/ folder; see python -m src.train.export_recon --help)" \
   src.train.export_recon "$@"

@@ -7,5 +7,5 @@ set -euo pipefail
 source "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}/scripts/_stage.sh"
 bridgescope_run "usage: [SBATCH_*=...] sbatch scripts/score_perturb.sh --perturb_dir DIR --out_dir DIR [score_perturb args]
   e.g. sbatch --gres=gpu:1 scripts/score_perturb.sh --perturb_dir data/perturb_out --out_dir data/perturb_out_scored --clip_model openai/clip-vit-large-patch14 --image_dir data/images --skip_existing
-  (mkdir -p logs first; see python -m src.eval.score_perturb --help)" \
+  (submit from the repository root: logs go to its logs/ folder; see python -m src.eval.score_perturb --help)" \
   src.eval.score_perturb "$@"

@@ -8,5 +8,5 @@ source "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}/scripts/_stage.sh"
 ARRAY_FLAG=--shard_index
 bridgescope_run "usage: [SBATCH_*=...] sbatch [--array=0-N] scripts/vec.sh --root IMAGES [extract_vectors args]
   e.g. sbatch --array=0-3 --gres=gpu:1 scripts/vec.sh --root data/images --models llava --skip_existing
-  (mkdir -p logs first; see python -m src.extract.extract_vectors --help)" \
+  (submit from the repository root: logs go to its logs/ folder; see python -m src.extract.extract_vectors --help)" \
   src.extract.extract_vectors "$@"

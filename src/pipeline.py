@@ -1,8 +1,8 @@
-"""The main job: sample data -> vectors -> references on the embedded `mini` model, resumable.
+"""The main job: the whole sample study on the embedded `mini` model, resumable.
 
-Every step runs a stage's own main() with --skip_existing, so a second run only checks the
-manifests and ends in seconds. Later stages (geometry, reconstruction, captions, figures) join
-this list as they land.
+sample data -> vectors -> references -> geometry -> reconstruction -> captions and perturbations
+-> scores -> figures and report. Every step runs a stage's own main() with --skip_existing, so a
+second run only checks the manifests and ends in seconds.
 """
 
 from __future__ import annotations
@@ -15,9 +15,17 @@ from pathlib import Path
 
 from src.data import make_sample
 from src.data.io import read_manifest
-from src.data.paths import list_vector_shards, vector_shard_dir
+from src.data.paths import (
+    captions_results_dir,
+    knn_results_dir,
+    list_vector_shards,
+    perturb_results_dir,
+    recon_results_dir,
+    vector_shard_dir,
+)
 from src.eval import eval_captions, eval_perturb, eval_recon, score_captions, score_perturb
 from src.extract import extract_clip, extract_knn, extract_vectors
+from src.plot import report
 from src.train import export_recon, train_recon
 
 Step = tuple[str, Callable[[list[str]], int], list[str]]
@@ -39,6 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="hub id or local path per model, passed to extract_vectors",
     )
     p.add_argument("--results", type=Path, default=Path("results"), help="result tables")
+    p.add_argument("--figures", type=Path, default=Path("figures"), help="figures and report")
     p.add_argument("--recon_epochs", type=int, default=20)
     p.add_argument("--caption_shard", default="synth_03", help="held-out shard to caption")
     p.add_argument("--caption_n", type=int, default=200, help="images captioned per variant")
@@ -93,7 +102,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
         vec = data / "vector" / model
         steps += [
             (f"geometry {model}", extract_knn.main,
-             flags(pre_pt=vec, post_pt=vec, out_dir=args.results / "knn" / model,
+             flags(pre_pt=vec, post_pt=vec, out_dir=knn_results_dir(args.results, model),
                    device=args.device, skip_existing=True, no_progress=quiet,
                    svd_per_image_csv=True)
              + [a for r in refs for a in ("--ref", r)]),
@@ -108,9 +117,9 @@ def plan(args: argparse.Namespace) -> list[Step]:
                    device=args.device, **common)),
             (f"evaluate reconstruction {model}", eval_recon.main,
              flags(vec_root=data / "vector", model_dir=recon, recon_root=data / "vector_recon",
-                   out_dir=args.results / "recon", **common)),
+                   out_dir=recon_results_dir(args.results), split="all", **common)),
         ]  # fmt: skip
-        captions, perturbed = args.results / "captions" / model, data / "perturb_out"
+        captions, perturbed = captions_results_dir(args.results, model), data / "perturb_out"
         vlm_id = ids.get(model)
         held_out = dict(
             shards=args.caption_shard, no_progress=quiet, skip_existing=True, vlm_id=vlm_id
@@ -130,8 +139,11 @@ def plan(args: argparse.Namespace) -> list[Step]:
                        out_dir=perturbed, limit=args.perturb_n, device=args.device, **held_out))
             )  # fmt: skip
     steps.append(("score perturbations", score_perturb.main,
-                  flags(perturb_dir=perturbed, out_dir=args.results / "perturb",
+                  flags(perturb_dir=perturbed, out_dir=perturb_results_dir(args.results),
                         skip_existing=True, **nll)))  # fmt: skip
+    steps.append(("figures and report", report.main,
+                  flags(results=args.results, figures=args.figures, out=args.results,
+                        skip_existing=True)))  # fmt: skip
     return steps
 
 
@@ -169,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({', '.join(f'{t}: {s:.0f}s' for t, s in timings)})"
     )
     summarise(args)
+    if (args.figures / "report.html").exists():
+        print(f"  report: {args.figures / 'report.html'} (figures beside it)")
     return 0
 
 

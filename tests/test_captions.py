@@ -8,6 +8,8 @@ import pytest
 from src.data.images import list_images, load_image
 from src.eval import eval_captions, eval_perturb
 from src.extract import extract_vectors
+from src.metrics.caption_tables import other_image_rows
+from src.metrics.text import BertScorer
 from src.train import train_recon
 from tests.conftest import write_noise_images
 
@@ -91,7 +93,16 @@ def test_scoring_stages(study, random_connector_dir, capsys):
     assert scored.bertscore_caption_post_ref.isna().tolist() == [True, False, False, False]
     assert scored.bertscore_recon_vs_post.between(0, 1.0001).all()
     summary = pd.read_csv(caps / "scored" / "summary.csv")
-    assert set(summary.score) >= {"bertscore_caption_post_ref", "bertscore_recon_vs_post"}
+    assert set(summary.score) >= {"bertscore_caption_post_ref", "bertscore_recon_vs_post",
+                                  "bertscore_caption_post_ref_mismatched"}  # fmt: skip
+    # The chance column scores each caption against another image's references.
+    has = scored.reference.notna().to_numpy().nonzero()[0]
+    other = has[other_image_rows(scored.iloc[has], seed=0)]
+    assert (scored.key.iloc[has].to_numpy() != scored.key.iloc[other].to_numpy()).all()
+    want = BertScorer()(scored.caption_post.iloc[has].fillna("").tolist(),
+                        [[r] for r in scored.reference.iloc[other]])["bertscore_f1"]  # fmt: skip
+    got = scored.bertscore_caption_post_ref_mismatched.iloc[has].to_numpy()
+    assert got == pytest.approx(want.numpy(), abs=1e-5)
 
     pert = study / "p_score"
     assert eval_perturb.main([
@@ -111,6 +122,15 @@ def test_scoring_stages(study, random_connector_dir, capsys):
     assert full["mean"] == pytest.approx(1.0, abs=1e-4)  # full rank: the original caption
     changed = s[(s.level == 1.0) & (s.score == "caption_changed")].iloc[0]
     assert changed["mean"] == 0.0
+    # Chance level: two different images' clean captions, never an image with itself although
+    # every image has a row per level.
+    rows = pd.read_csv(pert / "scored" / "mini" / "lowrank" / "s0.csv", keep_default_na=False)
+    other = other_image_rows(rows, seed=0)
+    assert (rows.key.to_numpy() != rows.key.to_numpy()[other]).all()
+    want = BertScorer()(rows.caption_original.tolist(),
+                        rows.caption_original.iloc[other].tolist())["bertscore_f1"]  # fmt: skip
+    assert rows.bertscore_vs_original_mismatched.to_numpy() == pytest.approx(want.numpy(),
+                                                                             abs=1e-5)  # fmt: skip
 
 
 def test_offline_image_text_score_is_mini_caption_nll(study, random_connector_dir):
@@ -139,3 +159,9 @@ def test_offline_image_text_score_is_mini_caption_nll(study, random_connector_di
         want = adapter.model.caption_loss(post, scored.caption_post.tolist())
     torch.testing.assert_close(torch.tensor(scored.mini_nll_caption_post.tolist()), want,
                                rtol=1e-4, atol=1e-4)  # fmt: skip
+    # Chance level: the same captions given other images' E_post.
+    with torch.no_grad():
+        mismatched = adapter.model.caption_loss(post[other_image_rows(scored, seed=0)],
+                                                scored.caption_post.tolist())  # fmt: skip
+    torch.testing.assert_close(torch.tensor(scored.mini_nll_caption_post_mismatched.tolist()),
+                               mismatched, rtol=1e-4, atol=1e-4)  # fmt: skip

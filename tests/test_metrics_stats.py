@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from src.metrics.stats import bootstrap_ci, bootstrap_means, permutation_pvalue, summarize
+from src.metrics.stats import (
+    bootstrap_ci,
+    bootstrap_means,
+    bootstrap_spearman,
+    derangement,
+    permutation_pvalue,
+    spearman,
+    summarize,
+)
 
 
 def test_bootstrap_matches_a_plain_loop():
@@ -47,3 +55,31 @@ def test_permutation_pvalue():
 def test_bad_inputs(bad):
     with pytest.raises(ValueError):
         summarize(bad)
+
+
+@pytest.mark.parametrize("n", [2, 3, 17, 500])
+def test_derangement_is_a_permutation_without_fixed_points(n):
+    d = derangement(n, seed=n)
+    assert sorted(d.tolist()) == list(range(n))
+    assert (d != torch.arange(n)).all()
+    assert torch.equal(d, derangement(n, seed=n))  # seeded
+    with pytest.raises(ValueError):
+        derangement(1)
+
+
+def test_spearman_matches_scipy_and_its_bootstrap_ci_covers_it():
+    from scipy import stats
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, generator=g, dtype=torch.float64)
+    y = x + 0.8 * torch.randn(120, generator=g, dtype=torch.float64)
+    y[:10] = y[0]  # ties get their average rank
+    want = stats.spearmanr(x.numpy(), y.numpy()).statistic
+    assert spearman(x, y) == pytest.approx(want, abs=1e-12)
+    res = bootstrap_spearman(x, y, n_boot=300, seed=1)
+    assert res["rho"] == pytest.approx(want, abs=1e-12)
+    assert res["ci_low"] < res["rho"] < res["ci_high"] and res["n"] == 120
+    # Invariant under monotone maps of either side.
+    assert spearman(x.exp(), y**3) == pytest.approx(want, abs=1e-12)
+    with pytest.raises(ValueError):
+        spearman(x, y[:-1])

@@ -17,6 +17,8 @@ def test_pipeline_runs_and_reruns_without_work(tmp_path, random_connector_dir, m
         str(tmp_path / "data"),
         "--results",
         str(tmp_path / "results"),
+        "--figures",
+        str(tmp_path / "figures"),
         "--n_scenes",
         "24",
         "--shards",
@@ -51,6 +53,12 @@ def test_pipeline_runs_and_reruns_without_work(tmp_path, random_connector_dir, m
     assert set(perturb["mode"]) == {"mask", "lowrank"}
     out = capsys.readouterr().out
     assert "E_pre recovered from E_post" in out and "vectors/mini:" in out
+    # The last step draws every figure from this run's tables and writes the report.
+    page = (tmp_path / "figures" / "report.html").read_text()
+    for name in ("knn", "erank_vs_ref", "caption_recon", "caption_recon_pre", "perturb_mask",
+                 "perturb_lowrank"):  # fmt: skip
+        assert (tmp_path / "figures" / f"{name}.png").exists() and f'src="{name}.png"' in page
+    assert (tmp_path / "results" / "summary.csv").exists()
 
     files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
 

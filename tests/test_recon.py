@@ -272,3 +272,32 @@ def test_missing_inputs(tmp_path, capsys):
     assert "no vector chunks" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_recon.main(["--embed_model", "x"])  # --vec_dir is required
+
+
+def test_split_all_adds_training_rows_and_keeps_the_held_out_headline(tmp_path):
+    import pandas as pd
+
+    from src.training.recon import is_validation
+
+    torch.manual_seed(1)
+    write_linear_vectors(tmp_path / "vector", "lin", torch.linalg.qr(torch.randn(12, 12))[0])
+    val_only = run_all(tmp_path, "lin", epochs=3)
+    argv = [
+        "--embed_model", "lin", "--vec_root", str(tmp_path / "vector"), "--model_dir",
+        str(tmp_path / "recon" / "lin"), "--recon_root", str(tmp_path / "vector_recon"),
+        "--bootstrap", "200", "--no_progress", "--split", "all", "--out_dir",
+        str(tmp_path / "all"),
+    ]  # fmt: skip
+    assert eval_recon.main(argv) == 0
+    summary = json.loads((tmp_path / "all" / "recon_lin.json").read_text())
+    assert summary["methods"] == val_only  # the headline is the held-out split either way
+    rows = pd.read_csv(tmp_path / "all" / "recon_lin.csv")
+    cfg = json.loads((tmp_path / "recon" / "lin" / "recon_config.json").read_text())
+    want = ["val" if is_validation(k, cfg["val_fraction"], cfg["split_seed"]) else "train"
+            for k in rows.key]  # fmt: skip
+    assert rows.split.tolist() == want
+    assert set(rows.split) == {"train", "val"} and rows.key.nunique() == 240
+    by = summary["by_split"]
+    assert by["val"]["reconstructor"]["n"] + by["train"]["reconstructor"]["n"] == 240
+    val = rows[(rows.split == "val") & (rows.method == "reconstructor")]
+    assert by["val"]["reconstructor"]["cosine"] == pytest.approx(val.cosine.mean())

@@ -98,3 +98,35 @@ def test_setup_file_is_sourced(fake_python, tmp_path):
     )
     assert res.returncode == 0 and "sourced" in res.stderr
     assert res.stdout.splitlines()[1] == "src.extract.extract_clip"
+
+
+def test_every_stage_has_a_wrapper():
+    stages = sorted(
+        f"src.{p.parent.name}.{p.stem}"
+        for folder in ("extract", "train", "eval")
+        for p in (REPO / "src" / folder).glob("*.py")
+        if "def get_args_parser" in p.read_text() and "def main" in p.read_text()
+    )
+    assert "src.train.train_connector" in stages and "src.eval.eval_recon" in stages
+    wrapped = "\n".join((REPO / "scripts" / w).read_text() for w in WRAPPERS)
+    missing = [s for s in [*stages, "src.plot.report"] if f"  {s} " + '"$@"' not in wrapped]
+    assert not missing, f"stages without an sbatch wrapper in scripts/: {missing}"
+
+
+@pytest.mark.parametrize("script", WRAPPERS)
+def test_logs_go_to_the_shipped_logs_folder(script):
+    """Slurm opens the log before the script runs and makes no folder: logs/ ships with the
+    repository (jobs are submitted from its root), one file per array task."""
+    text = (REPO / "scripts" / script).read_text()
+    assert "#SBATCH --output=logs/%x_%A_%a.out" in text
+    assert (REPO / "logs" / ".gitignore").exists()
+
+
+@pytest.mark.parametrize("script", WRAPPERS)
+def test_arguments_pass_through_intact(script, fake_python):
+    """Golden command of every wrapper: its stage module, then the arguments exactly as given."""
+    module = re.search(r'^\s+(src\.[\w.]+) "\$@"$', (REPO / "scripts" / script).read_text(), re.M)
+    args = ["--out_dir", "a dir; rm -rf /", "--note", "$(whoami) 'q' \"qq\"", "--flag"]
+    res = run(script, args, BRIDGESCOPE_PYTHON=str(fake_python), SLURM_JOB_ID="5")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["-m", module.group(1), *args]

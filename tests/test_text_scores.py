@@ -92,3 +92,9 @@ def test_bertscore_equals_bert_score_package():
     assert scorer.describe()["bertscore_layer"] == 6
     with pytest.raises(ValueError):
         scorer(["a"], ["a", "b"])
+    # Several references per caption (best match), and idf weighting, as the package does them.
+    multi = [["a red disk at the left", "a red circle"], ["a dog", "a small cat"]]
+    _, _, f = bert_score.score(cands, multi, model_type=scorer.backbone, num_layers=6)
+    torch.testing.assert_close(scorer(cands, multi)["bertscore_f1"], f)
+    _, _, f = bert_score.score(cands, refs, model_type=scorer.backbone, num_layers=6, idf=True)
+    torch.testing.assert_close(BertScorer(idf=True)(cands, refs)["bertscore_f1"], f)

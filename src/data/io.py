@@ -112,3 +112,15 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
 
 def is_complete(folder: Path) -> bool:
     return (Path(folder) / MANIFEST_NAME).exists()
+
+
+def fingerprint(files: list[Path], root: Path) -> str:
+    """sha256 over the files' paths (relative to root) and contents: equal inputs, equal value."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(Path(p) for p in files):
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        h.update(f.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()

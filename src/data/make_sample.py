@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from src.data.io import read_manifest, write_manifest
 from src.data.sample import PHOTO_SHARD, file_count, write_photos, write_scenes
 
 
@@ -16,7 +17,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Write the sample images: the colour photos that scikit-image and "
         "scikit-learn ship (captions from sample/photo_captions) into <out>/photos, and "
         "captioned synthetic scenes (with <stem>.json labels) into <out>/synth_XX. Same "
-        "arguments, same bytes; existing files are kept.",
+        "arguments, same bytes; existing files are kept; <out>/manifest.json, written last, "
+        "records the arguments, and a rerun with the same ones does nothing.",
     )
     p.add_argument("--out", type=Path, default=Path("data/sample"))
     p.add_argument("--n_scenes", type=int, default=2000)
@@ -28,11 +30,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def sample_record(args: argparse.Namespace) -> dict:
+    """What a finished sample folder's manifest records; equal records mean equal bytes."""
+    keys = ("n_scenes", "shards", "size", "seed", "no_photos", "no_scenes")
+    return {k: getattr(args, k) for k in keys}
+
+
+def is_sample_complete(args: argparse.Namespace) -> bool:
+    """The folder holds a finished sample made with these arguments."""
+    return (read_manifest(args.out) or {}).get("sample") == sample_record(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.n_scenes < 0 or args.shards < 1 or args.size < 32:
         print("error: need --n_scenes >= 0, --shards >= 1, --size >= 32", file=sys.stderr)
         return 2
+    if is_sample_complete(args):
+        print(f"sample data in {args.out}: complete (manifest.json), nothing to do")
+        return 0
     t0 = time.perf_counter()
     if not args.no_photos:
         write_photos(args.out)
@@ -47,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sample data in {args.out}: {shown} images ({time.perf_counter() - t0:.1f}s)")
     if not args.no_photos and not counts.get(PHOTO_SHARD):
         print("warning: no offline photo could be loaded", file=sys.stderr)
+    if args.out.is_dir():
+        write_manifest(args.out, stage="make_sample", sample=sample_record(args), counts=counts)
     return 0
 
 

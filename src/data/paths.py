@@ -62,3 +62,37 @@ def shard_dirs(folder: Path, shards: list[str] | None = None) -> list[Path]:
     if not names:
         raise ValueError(f"no vector chunks under {folder}")
     return [folder / n for n in names]
+
+
+# Result tables (results/ or a committed copy such as sample/results): stages write them, plots
+# read them, both through these.
+
+
+def knn_results_dir(results: Path, model: str) -> Path:
+    """results/knn/<model>: extract_knn's tables (knn.csv, cka.csv, spectra.csv, ...)."""
+    return Path(results) / "knn" / model
+
+
+def recon_results_dir(results: Path) -> Path:
+    """results/recon: eval_recon's tables for every model."""
+    return Path(results) / "recon"
+
+
+def recon_table(out_dir: Path, model: str, suffix: str = ".csv") -> Path:
+    """<out_dir>/recon_<model>.csv (a row per image and method) or .json (the summary)."""
+    return Path(out_dir) / f"recon_{model}{suffix}"
+
+
+def captions_results_dir(results: Path, model: str) -> Path:
+    """results/captions/<model>: eval_captions' per-shard tables."""
+    return Path(results) / "captions" / model
+
+
+def scored_dir(caption_dir: Path) -> Path:
+    """<caption_dir>/scored: score_captions' default output folder."""
+    return Path(caption_dir) / "scored"
+
+
+def perturb_results_dir(results: Path) -> Path:
+    """results/perturb: score_perturb's tables (<model>/<mode>/<shard>.csv, summary.csv)."""
+    return Path(results) / "perturb"

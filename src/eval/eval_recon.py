@@ -19,7 +19,13 @@ import torch
 from tqdm.auto import tqdm
 
 from src.data.io import atomic_write, read_manifest, write_json_atomic, write_manifest
-from src.data.paths import chunk_path, list_chunk_indices, shard_dirs, vector_shard_dir
+from src.data.paths import (
+    chunk_path,
+    list_chunk_indices,
+    recon_table,
+    shard_dirs,
+    vector_shard_dir,
+)
 from src.data.vectors import check_aligned, load_chunk
 from src.metrics.recon import fit_ridge, token_cosine, token_mse
 from src.metrics.stats import summarize
@@ -53,7 +59,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--split",
         choices=["val", "all"],
         default="val",
-        help="val: only the reconstructor's held-out images (default)",
+        help="val: only the reconstructor's held-out images (default); all: training images "
+        "too, as rows marked split=train (the summary's headline stays held-out only)",
     )
     p.add_argument(
         "--ridge_alpha",
@@ -112,7 +119,7 @@ def ridge_predict(w: torch.Tensor, pre: torch.Tensor, post: torch.Tensor, expand
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     model_dir = args.model_dir or Path("data/recon") / args.embed_model
-    summary_path = args.out_dir / f"recon_{args.embed_model}.json"
+    summary_path = recon_table(args.out_dir, args.embed_model, ".json")
     if args.skip_existing and summary_path.exists():
         print_summary(json.loads(summary_path.read_text(encoding="utf-8")))
         return 0
@@ -147,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             for key, e_pre, e_post, e_rec in zip(
                 pre.keys, pre.items(), post.items(), rec.items(), strict=True
             ):
-                if args.split == "val" and not is_validation(key, cfg.val_fraction, cfg.split_seed):
+                split = "val" if is_validation(key, cfg.val_fraction, cfg.split_seed) else "train"
+                if args.split == "val" and split == "train":
                     continue
                 target = e_pre.float().unsqueeze(0)
                 preds = {
@@ -161,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                         {
                             "shard": d.name,
                             "key": key,
+                            "split": split,
                             "method": method,
                             "mse_standardised": float(
                                 token_mse(std.norm_pre(pred), std.norm_pre(target))[0]
@@ -172,14 +181,21 @@ def main(argv: list[str] | None = None) -> int:
     if df.empty:
         print("error: no images to evaluate (check --split and --shards)", file=sys.stderr)
         return 2
+    held_out = df[df["split"] == "val"]
+    if held_out.empty:
+        print("error: none of these images is in the reconstructor's held-out split",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    # The headline is always the held-out split: training images flatter the reconstructor.
     summary = {
         "embed_model": args.embed_model,
-        "split": args.split,
-        "n_images": int(df["key"].nunique()),
+        "split": "val",
+        "evaluated": args.split,
+        "n_images": int(held_out["key"].nunique()),
         "methods": {},
     }
     for method in METHODS:
-        part = df[df["method"] == method]
+        part = held_out[held_out["method"] == method]
         summary["methods"][method] = {
             metric: summarize(
                 torch.tensor(part[metric].to_numpy()), n_boot=args.bootstrap, seed=args.seed
@@ -194,10 +210,16 @@ def main(argv: list[str] | None = None) -> int:
                      for m in ("mse_standardised", "cosine")} | {"n": int(g["key"].nunique())}
             for method in METHODS
         }
-        for shard, g in df.groupby("shard")
+        for shard, g in held_out.groupby("shard")
+    }  # fmt: skip
+    summary["by_split"] = {
+        split: {method: {m: float(g[g["method"] == method][m].mean())
+                         for m in ("mse_standardised", "cosine")} | {"n": int(g["key"].nunique())}
+                for method in METHODS}
+        for split, g in df.groupby("split")
     }  # fmt: skip
     out = args.out_dir
-    atomic_write(out / f"recon_{args.embed_model}.csv", lambda tmp: df.to_csv(tmp, index=False))
+    atomic_write(recon_table(out, args.embed_model), lambda tmp: df.to_csv(tmp, index=False))
     write_json_atomic(summary_path, summary)
     write_manifest(
         out,

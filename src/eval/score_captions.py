@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from src.data.io import atomic_write, is_complete, write_json_atomic, write_manifest
+from src.data.paths import scored_dir
 from src.metrics.caption_tables import (
     add_scorer_args,
     build_scorers,
@@ -35,7 +36,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    out_dir = args.out_dir or args.caption_dir / "scored"
+    out_dir = args.out_dir or scored_dir(args.caption_dir)
     tables = sorted(p for p in args.caption_dir.glob("*.csv"))
     if not tables:
         print(f"error: no caption tables in {args.caption_dir}", file=sys.stderr)
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         empty = int((df["reference"].map(split_references).map(len) == 0).sum())
         if empty:
             print(f"  {path.name}: {empty} image(s) without reference caption (scores NaN)")
-        df = reference_scores(df, columns, bert)
+        df = reference_scores(df, columns, bert, args.seed)
         if "caption_recon" in df and "caption_post" in df:
             df["bertscore_recon_vs_post"] = bert(
                 df["caption_recon"].tolist(), df["caption_post"].tolist()
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         if clip is not None:
             df = clip_scores(df, columns, clip, args.image_dir)
         if args.nll_vec_dir is not None:
-            df = nll_scores(df, columns, args.nll_vec_dir, args.nll_model, args.device)
+            df = nll_scores(df, columns, args.nll_vec_dir, args.nll_model, args.device, args.seed)
         atomic_write(target, lambda tmp, df=df: df.to_csv(tmp, index=False))
         scored.append(df)
     all_rows = pd.concat(scored, ignore_index=True)

@@ -16,6 +16,7 @@ from src.metrics.caption_tables import (
     build_scorers,
     clip_scores,
     nll_scores,
+    other_image_rows,
     reference_scores,
 )
 from src.metrics.text import score_summary
@@ -59,11 +60,17 @@ def main(argv: list[str] | None = None) -> int:
         df["bertscore_vs_original"] = bert(df["caption"].tolist(), df["caption_original"].tolist())[
             "bertscore_f1"
         ]
-        df = reference_scores(df, ["caption"], bert)
+        other = other_image_rows(df, args.seed)
+        if other is not None:  # chance level: clean captions of two different images
+            df["bertscore_vs_original_mismatched"] = bert(
+                df["caption_original"].tolist(), df["caption_original"].iloc[other].tolist()
+            )["bertscore_f1"]
+        df = reference_scores(df, ["caption"], bert, args.seed)
         if clip is not None:
             df = clip_scores(df, ["caption"], clip, args.image_dir)
         if args.nll_vec_dir is not None:
-            df = nll_scores(df, ["caption"], args.nll_vec_dir, args.nll_model, args.device)
+            df = nll_scores(df, ["caption", "caption_original"], args.nll_vec_dir,
+                            args.nll_model, args.device, args.seed)  # fmt: skip
         df.insert(0, "model", model)
         atomic_write(target, lambda tmp, df=df: df.to_csv(tmp, index=False))
         scored.append(df)

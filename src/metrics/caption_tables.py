@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from src.data.images import list_images, load_image
+from src.metrics.stats import derangement
 from src.metrics.text import BertScorer, ClipScorer, split_references
 
 
@@ -39,15 +41,43 @@ def add_scorer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip_existing", action="store_true")
 
 
-def reference_scores(df: pd.DataFrame, columns: list[str], bert: BertScorer) -> pd.DataFrame:
-    """bertscore_<col>_ref per caption column; NaN where an image has no reference caption."""
+def other_image_rows(df: pd.DataFrame, seed: int = 0) -> np.ndarray | None:
+    """For each row, a row of another image ((shard, key) differs): a seeded derangement of
+    the table's images, so that a table with several rows per image (perturbation levels) never
+    pairs an image with itself. None with fewer than two images."""
+    images = pd.MultiIndex.from_arrays([df["shard"], df["key"]])
+    codes, uniques = pd.factorize(images)
+    if len(uniques) < 2:
+        return None
+    _, first_row = np.unique(codes, return_index=True)  # codes are 0..U-1: row of each image
+    return first_row[derangement(len(uniques), seed).numpy()[codes]]
+
+
+def reference_scores(
+    df: pd.DataFrame, columns: list[str], bert: BertScorer, seed: int = 0
+) -> pd.DataFrame:
+    """bertscore_<col>_ref per caption column; NaN where an image has no reference caption.
+
+    Also bertscore_<col>_ref_mismatched, each caption against another image's references (a
+    seeded derangement of the captioned rows): the chance level a reader compares with, since
+    BERTScore without baseline rescaling is far above 0 for unrelated sentences.
+    """
     refs = df["reference"].map(split_references)
-    has = refs.map(bool)
+    has = refs.map(bool).to_numpy()
+    rows = has.nonzero()[0]
+    other = other_image_rows(df.iloc[rows], seed)
+    other = rows[other] if other is not None else None
     for col in columns:
         df[f"bertscore_{col}_ref"] = float("nan")
-        if has.any():
-            f1 = bert(df.loc[has, col].fillna("").tolist(), refs[has].tolist())["bertscore_f1"]
-            df.loc[has, f"bertscore_{col}_ref"] = f1.numpy()
+        df[f"bertscore_{col}_ref_mismatched"] = float("nan")
+        if not len(rows):
+            continue
+        captions = df[col].fillna("").to_numpy()
+        f1 = bert(captions[rows].tolist(), refs.iloc[rows].tolist())["bertscore_f1"]
+        df.loc[df.index[rows], f"bertscore_{col}_ref"] = f1.numpy()
+        if other is not None:
+            f1 = bert(captions[rows].tolist(), refs.iloc[other].tolist())["bertscore_f1"]
+            df.loc[df.index[rows], f"bertscore_{col}_ref_mismatched"] = f1.numpy()
     return df
 
 
@@ -76,10 +106,19 @@ def build_scorers(args: argparse.Namespace) -> tuple[BertScorer, ClipScorer | No
 
 
 def nll_scores(
-    df: pd.DataFrame, columns: list[str], vec_dir: Path, model_id: str | None, device: str
+    df: pd.DataFrame,
+    columns: list[str],
+    vec_dir: Path,
+    model_id: str | None,
+    device: str,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """mini_nll_<col>: mean token NLL of each caption under `mini` given the image's stored
-    E_post (vec_dir = data/vector/mini). A real image-text score where no CLIP is at hand."""
+    E_post (vec_dir = data/vector/mini). A real image-text score where no CLIP is at hand.
+
+    Also mini_nll_<col>_mismatched: the caption given another image's E_post (a seeded
+    derangement of the rows), the level at which the image no longer helps.
+    """
     import torch
 
     from src.data.paths import shard_dirs
@@ -95,12 +134,26 @@ def nll_scores(
     missing = [r for r in rows if r not in post]
     if missing:
         raise ValueError(f"no stored E_post in {vec_dir} for {missing[:3]}")
-    for col in columns:
-        out = []
-        for s in range(0, len(rows), 32):
-            x = torch.stack([post[r] for r in rows[s : s + 32]]).to(adapter.device)
-            caps = [c if c else " " for c in df[col].iloc[s : s + 32].fillna("").tolist()]
-            with torch.no_grad():
-                out += adapter.model.caption_loss(x, caps).tolist()
-        df[f"mini_nll_{col}"] = out
+    pairings = {"": list(range(len(rows)))}
+    other = other_image_rows(df, seed)
+    if other is not None:
+        pairings["_mismatched"] = other.tolist()
+    wanted = {
+        (f"mini_nll_{col}{suffix}", i): (rows[j], caption or " ")
+        for col in columns
+        for suffix, image_of in pairings.items()
+        for i, (j, caption) in enumerate(zip(image_of, df[col].fillna(""), strict=True))
+    }
+    # Each distinct (image, caption) pair once: perturbation tables repeat the original caption
+    # for every level, and mild levels often leave the caption unchanged.
+    unique = list(dict.fromkeys(wanted.values()))
+    nll: dict[tuple[tuple[str, str], str], float] = {}
+    for s in range(0, len(unique), 32):
+        batch = unique[s : s + 32]
+        x = torch.stack([post[image] for image, _ in batch]).to(adapter.device)
+        with torch.no_grad():
+            losses = adapter.model.caption_loss(x, [c for _, c in batch]).tolist()
+        nll.update(zip(batch, losses, strict=True))
+    for name in dict.fromkeys(n for n, _ in wanted):
+        df[name] = [nll[wanted[(name, i)]] for i in range(len(rows))]
     return df

@@ -49,6 +49,53 @@ def summarize(
     }
 
 
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman rank correlation of paired values x, y (N,); ties get their average rank."""
+    from scipy import stats
+
+    x, y = _check_1d(x).double(), _check_1d(y).double()
+    if x.numel() != y.numel():
+        raise ValueError(f"x and y differ in length: {x.numel()} vs {y.numel()}")
+    return float(stats.spearmanr(x.numpy(), y.numpy()).statistic)
+
+
+def bootstrap_spearman(
+    x: torch.Tensor, y: torch.Tensor, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
+    """Spearman rho of pairs (x_i, y_i), (N,) each, with a percentile bootstrap CI over pairs.
+
+    Resamples where either side is constant have no rank correlation and are dropped.
+    """
+    rho = spearman(x, y)
+    g = torch.Generator().manual_seed(seed)
+    n = x.numel()
+    draws = []
+    for _ in range(n_boot):
+        idx = torch.randint(n, (n,), generator=g)
+        xs, ys = x[idx], y[idx]
+        if xs.unique().numel() > 1 and ys.unique().numel() > 1:
+            draws.append(spearman(xs, ys))
+    alpha = (1 - level) / 2
+    if draws:
+        q = torch.quantile(torch.tensor(draws, dtype=torch.float64),
+                           torch.tensor([alpha, 1 - alpha], dtype=torch.float64))  # fmt: skip
+        lo, hi = float(q[0]), float(q[1])
+    else:
+        lo = hi = float("nan")
+    return {"rho": rho, "ci_low": lo, "ci_high": hi, "ci_level": level, "n": n}
+
+
+def derangement(n: int, seed: int = 0) -> torch.Tensor:
+    """A seeded permutation of range(n) with no fixed point (n >= 2): row i is paired with
+    row out[i] != i. Pairing each item with another one's partner gives a chance level."""
+    if n < 2:
+        raise ValueError(f"a derangement needs at least 2 items, got {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    out = torch.empty(n, dtype=torch.long)
+    out[order] = order.roll(-1)  # each item points to the next one in a random cycle
+    return out
+
+
 def permutation_pvalue(observed: float, null: torch.Tensor) -> float:
     """One-sided p-value of observed against null draws (n,): (#{null >= obs} + 1) / (n + 1).
 

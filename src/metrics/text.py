@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -48,12 +49,26 @@ class BertScorer:
 
         if len(cands) != len(refs):
             raise ValueError(f"{len(cands)} candidates for {len(refs)} references")
-        p, r, f = bert_score.score(
-            list(cands), list(refs), model_type=self.backbone, num_layers=self.num_layers,
-            idf=self.idf, rescale_with_baseline=self.rescale, lang="en" if self.rescale else None,
-            batch_size=self.batch_size, verbose=False,
-        )  # fmt: skip
+        if self.idf:  # idf weights come from this call's references
+            p, r, f = bert_score.score(
+                list(cands), list(refs), model_type=self.backbone, num_layers=self.num_layers,
+                idf=True, rescale_with_baseline=self.rescale,
+                lang="en" if self.rescale else None, batch_size=self.batch_size, verbose=False,
+            )  # fmt: skip
+        else:  # the same computation with the backbone loaded once, not on every call
+            scorer = _loaded_bert_scorer(self.backbone, self.num_layers, self.rescale)
+            p, r, f = scorer.score(list(cands), list(refs), batch_size=self.batch_size)
         return {"bertscore_p": p, "bertscore_r": r, "bertscore_f1": f}
+
+
+@cache
+def _loaded_bert_scorer(backbone: str, num_layers: int, rescale: bool) -> Any:
+    import bert_score
+
+    return bert_score.BERTScorer(
+        model_type=backbone, num_layers=num_layers, rescale_with_baseline=rescale,
+        lang="en" if rescale else None,
+    )  # fmt: skip
 
 
 class _TensorFeatures(torch.nn.Module):

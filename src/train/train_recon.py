@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch, best, history = state["epoch"], state["best"], list(state["history"])
+        print(f"  resumed from {ckpt_path} after epoch {start_epoch}", flush=True)
     elif ckpt_path.exists():
         ckpt_path.unlink()
     model, opt = acc.prepare(model, opt)

@@ -1,0 +1,30 @@
+"""Stage: figure of per-image E_pre reconstruction quality against caption change."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from src.plotting.cli import add_plot_args, run_plot
+from src.plotting.figures import caption_recon_pre_plot
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m src.plot.plot_caption_recon_pre",
+        description="Per captioned image: token cosine of the reconstructed E_pre (eval_recon) "
+        "against BERTScore of its caption vs E_post's caption (score_captions), with "
+        "Spearman's rho and a bootstrap CI: <figures>/caption_recon_pre.png and "
+        "<out>/plots/caption_recon_pre.csv.",
+    )
+    add_plot_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    return run_plot(lambda: caption_recon_pre_plot(args.results, args.models), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Reading the result tables that the plots and the summary draw on, with clear errors.
+
+Every table lives where its stage wrote it (paths from src.data.paths), under one results folder:
+`results/` after a run, or the committed copy in `sample/results/`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from src.data.paths import (
+    captions_results_dir,
+    knn_results_dir,
+    perturb_results_dir,
+    recon_results_dir,
+    recon_table,
+    scored_dir,
+)
+
+
+class MissingResults(FileNotFoundError):
+    """A table a plot needs is not in the results folder (the message says which stage makes it)."""
+
+
+def _read(path: Path, stage: str) -> pd.DataFrame:
+    if not path.exists():
+        raise MissingResults(f"{path} not found: run {stage} first, or point --results elsewhere")
+    return pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"])
+
+
+def knn_models(results: Path) -> list[str]:
+    """Models with extract_knn tables: results/knn/<model>/knn.csv."""
+    return sorted(p.parent.name for p in (Path(results) / "knn").glob("*/knn.csv"))
+
+
+def caption_models(results: Path) -> list[str]:
+    """Models with scored caption tables: results/captions/<model>/scored/summary.csv."""
+    found = (Path(results) / "captions").glob("*/scored/summary.csv")
+    return sorted(p.parent.parent.name for p in found)
+
+
+def recon_models(results: Path) -> list[str]:
+    """Models with eval_recon tables: results/recon/recon_<model>.csv."""
+    found = recon_results_dir(results).glob("recon_*.csv")
+    return sorted(p.stem.removeprefix("recon_") for p in found)
+
+
+def knn_table(results: Path, model: str, name: str = "knn") -> pd.DataFrame:
+    """One of extract_knn's tables (knn, cka, spectra, distance_corr) for one model."""
+    return _read(knn_results_dir(results, model) / f"{name}.csv", "src.extract.extract_knn")
+
+
+def recon_rows(results: Path, model: str) -> pd.DataFrame:
+    """eval_recon's per-image rows: shard, key, split, method, mse_standardised, cosine."""
+    return _read(recon_table(recon_results_dir(results), model), "src.eval.eval_recon")
+
+
+def caption_rows(results: Path, model: str) -> pd.DataFrame:
+    """score_captions' per-image rows of every shard (the scored eval_captions tables)."""
+    folder = scored_dir(captions_results_dir(results, model))
+    shards = sorted(p for p in folder.glob("*.csv") if p.name != "summary.csv")
+    if not shards:
+        raise MissingResults(f"no scored caption tables in {folder}: run src.eval.score_captions")
+    return pd.concat([_read(p, "src.eval.score_captions") for p in shards], ignore_index=True)
+
+
+def caption_summary(results: Path, model: str) -> pd.DataFrame:
+    """score_captions' summary: score, mean, ci_low, ci_high, std, n."""
+    folder = scored_dir(captions_results_dir(results, model))
+    return _read(folder / "summary.csv", "src.eval.score_captions")
+
+
+def perturb_summary(results: Path) -> pd.DataFrame:
+    """score_perturb's summary: model, mode, level, score, mean, ci_low, ci_high, std, n."""
+    return _read(perturb_results_dir(results) / "summary.csv", "src.eval.score_perturb")
+
+
+def perturb_rows(results: Path, model: str, mode: str) -> pd.DataFrame:
+    """score_perturb's per-image rows of one model and mode (all shards)."""
+    folder = perturb_results_dir(results) / model / mode
+    shards = sorted(folder.glob("*.csv"))
+    if not shards:
+        raise MissingResults(f"no scored perturbation tables in {folder}")
+    return pd.concat([_read(p, "src.eval.score_perturb") for p in shards], ignore_index=True)
+
+
+def input_tables(results: Path) -> list[Path]:
+    """Every table the figures and the summary may read (manifests aside): their fingerprint
+    tells whether a finished report is still up to date."""
+    results = Path(results)
+    found = []
+    for folder in ("knn", "recon", "captions", "perturb"):
+        for p in (results / folder).rglob("*"):
+            if p.is_file() and p.suffix in (".csv", ".json") and p.name != "manifest.json":
+                found.append(p)
+    return sorted(found)
+
+
+def perturb_modes(results: Path) -> list[str]:
+    """Perturbation modes in score_perturb's summary (none when it is missing)."""
+    try:
+        return sorted(perturb_summary(results)["mode"].unique())
+    except MissingResults:
+        return []
