@@ -70,8 +70,11 @@ def _errorbar(ax: Axes, x, mean, lo, hi, label: str, **kw):
 
 
 def _legend_below(ax: Axes, ncol: int = 2) -> None:
-    """The legend under the axes, where it hides no data (constrained layout makes room)."""
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, fontsize=8, frameon=False)
+    """The legend under the axes, where it hides no data (constrained layout makes room),
+    below every line of the x label."""
+    lines = ax.get_xlabel().count("\n") + 1
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1 - 0.07 * lines), ncol=ncol,
+              fontsize=8, frameon=False)  # fmt: skip
 
 
 def _new_figure(rows: int, cols: int, width: float = 5.2, height: float = 3.9) -> Figure:
