@@ -261,3 +261,42 @@ def test_export_sample_copies_what_the_figures_read(tmp_path):
     assert copied == original  # tables and their manifests, nothing else
     assert (tmp_path / "s" / "knn" / MODEL / "manifest.json").exists()
     assert export_sample.main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path)]) == 2
+
+
+def test_several_models_share_each_figure(tmp_path):
+    """A second model ('other': the sample's tables with overlaps and perturbation scores
+    scaled) appears beside the first in every figure, each drawn from its own tables."""
+    results = tmp_path / "results"
+    shutil.copytree(SAMPLE, results)
+    shutil.copytree(results / "knn" / MODEL, results / "knn" / "other")
+    shutil.copytree(results / "captions" / MODEL, results / "captions" / "other")
+    for suffix in (".csv", ".json"):
+        shutil.copy(results / "recon" / f"recon_{MODEL}{suffix}",
+                    results / "recon" / f"recon_other{suffix}")  # fmt: skip
+    knn = pd.read_csv(results / "knn" / "other" / "knn.csv")
+    cols = ["overlap_mean", "overlap_ci_low", "overlap_ci_high"]
+    knn[cols] *= 0.5
+    knn.to_csv(results / "knn" / "other" / "knn.csv", index=False)
+    summary = pd.read_csv(results / "perturb" / "summary.csv")
+    other = summary.assign(model="other", mean=summary["mean"] / 2,
+                           ci_low=summary.ci_low / 2, ci_high=summary.ci_high / 2)  # fmt: skip
+    pd.concat([summary, other]).to_csv(results / "perturb" / "summary.csv", index=False)
+
+    ax = figures.knn_plot(results).figure.axes[2]  # second row: the other model
+    _, y = errorbars(ax)["E_pre → E_post"]
+    pp = knn[(knn.from_space == "pre") & (knn.to_space == "post") & (knn.scope == "global")]
+    np.testing.assert_allclose(y, pp.sort_values("k").overlap_mean)
+    for ax in figures.erank_vs_ref_plot(results).figure.axes:
+        assert {"mini E_pre", "other E_pre", "mini E_post", "other E_post"} <= set(errorbars(ax))
+    bert = bars(figures.caption_recon_plot(results).figure.axes[0])
+    assert len(bert["caption from E_post"]) == 2
+    assert len(figures.caption_recon_pre_plot(results).figure.axes) == 2
+    plot = figures.perturb_plot(results, "mask")
+    drawn = errorbars(plot.figure.axes[0])
+    np.testing.assert_allclose(drawn["other"][1], drawn[MODEL][1] / 2)
+    chance = [ln for ln in plot.figure.axes[0].get_lines() if "chance" in ln.get_label()]
+    assert len(chance) == 2 and chance[0].get_color() != chance[1].get_color()
+    assert report.main(["--results", str(results), "--figures", str(tmp_path / "f"),
+                        "--out", str(tmp_path / "o")]) == 0  # fmt: skip
+    s = pd.read_csv(tmp_path / "o" / "summary.csv")
+    assert set(s.model) == {MODEL, "other"}

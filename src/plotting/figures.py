@@ -548,7 +548,7 @@ def perturb_plot(results: Path, mode: str, models: list[str] | None = None) -> P
     if (summary["score"] == "mini_nll_caption").any():
         panels.append(("mini_nll_caption", "caption NLL under mini, clean image", "NLL"))
     panels.append(("caption_changed", "share of captions that changed", "changed captions"))
-    fig = _new_figure(1, len(panels), width=4.6)
+    fig = _new_figure(1, len(panels), width=5.0)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     rows = []
     fig.suptitle(f"Captions from E_post perturbed by '{mode}' (mean and 95% CI over images)")
@@ -579,7 +579,9 @@ def perturb_plot(results: Path, mode: str, models: list[str] | None = None) -> P
                     continue
                 # Every level scores the same images, so these are equal across levels.
                 value = float(h["mean"].mean())
-                style = CHANCE_STYLE if "chance" in name else dict(color=colour, linestyle=":")
+                style = dict(color=colour, linestyle=":")  # the unperturbed value
+                if "chance" in name:  # several models: each chance line in its model's colour
+                    style = CHANCE_STYLE | (dict(color=colour) if len(models) > 1 else {})
                 ax.axhline(value, label=f"{model}: {name}" if len(models) > 1 else name, **style)
                 rows.append(
                     {
