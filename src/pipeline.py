@@ -26,6 +26,7 @@ from src.data.paths import (
 from src.eval import eval_captions, eval_perturb, eval_recon, score_captions, score_perturb
 from src.extract import extract_clip, extract_knn, extract_vectors
 from src.plot import report
+from src.plotting.report import report_path
 from src.train import export_recon, train_recon
 
 Step = tuple[str, Callable[[list[str]], int], list[str]]
@@ -181,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({', '.join(f'{t}: {s:.0f}s' for t, s in timings)})"
     )
     summarise(args)
-    if (args.figures / "report.html").exists():
-        print(f"  report: {args.figures / 'report.html'} (figures beside it)")
+    if report_path(args.figures).exists():
+        print(f"  report: {report_path(args.figures)} (figures beside it)")
     return 0
 
 

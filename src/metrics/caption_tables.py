@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def reference_scores(
     """bertscore_<col>_ref per caption column; NaN where an image has no reference caption.
 
     Also bertscore_<col>_ref_mismatched, each caption against another image's references (a
-    seeded derangement of the captioned rows): the chance level a reader compares with, since
+    seeded derangement of the captioned images): the chance level a reader compares with, since
     BERTScore without baseline rescaling is far above 0 for unrelated sentences.
     """
     refs = df["reference"].map(split_references)
@@ -105,6 +106,14 @@ def build_scorers(args: argparse.Namespace) -> tuple[BertScorer, ClipScorer | No
     return bert, ClipScorer(args.clip_model, variant=args.clip_variant, device=args.device)
 
 
+@cache
+def _mini(model_id: str | None, device: str):
+    """`mini`, loaded once per process: score_perturb scores one table per model and mode."""
+    from src.models import load_adapter
+
+    return load_adapter("mini", model_id, device=device)
+
+
 def nll_scores(
     df: pd.DataFrame,
     columns: list[str],
@@ -117,15 +126,14 @@ def nll_scores(
     E_post (vec_dir = data/vector/mini). A real image-text score where no CLIP is at hand.
 
     Also mini_nll_<col>_mismatched: the caption given another image's E_post (a seeded
-    derangement of the rows), the level at which the image no longer helps.
+    derangement of the images, other_image_rows), the level at which the image no longer helps.
     """
     import torch
 
     from src.data.paths import shard_dirs
     from src.data.vectors import iter_chunks
-    from src.models import load_adapter
 
-    adapter = load_adapter("mini", model_id, device=device)
+    adapter = _mini(model_id, device)
     post: dict[tuple[str, str], torch.Tensor] = {}
     for d in shard_dirs(vec_dir, sorted(df["shard"].unique())):
         for _, chunk in iter_chunks(d, "post"):

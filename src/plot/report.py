@@ -6,9 +6,7 @@ import argparse
 import sys
 import time
 
-from src.data.io import (
-    write_manifest,
-)
+from src.data.io import write_manifest
 from src.plotting.cli import add_plot_args, plot_data_dir
 from src.plotting.figures import all_plots, save_plot
 from src.plotting.report import (
@@ -44,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     if not inputs:
         print(f"error: no result tables under {args.results}", file=sys.stderr)
         return 2
+    stamp = inputs_fingerprint(args.results)  # read once: to skip, and for the manifest
     report = report_path(args.figures)
-    if args.skip_existing and report_is_current(args.results, args.figures):
+    if args.skip_existing and report_is_current(args.results, args.figures, stamp):
         print(f"  {report} is up to date with {args.results}; nothing to do")
         return 0
     plots, notes = [], []
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         args.figures,
         stage="report",
         results=str(args.results),
-        inputs_sha256=inputs_fingerprint(args.results),
+        inputs_sha256=stamp,
         inputs=[str(p.relative_to(args.results)) for p in inputs],
         figures=[f"{p.name}.png" for p in plots],
         missing=notes,

@@ -15,6 +15,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from src.data.io import atomic_write
 from src.metrics.stats import bootstrap_spearman
 from src.plotting import tables
 
@@ -615,8 +616,6 @@ def perturb_plot(results: Path, mode: str, models: list[str] | None = None) -> P
 
 def save_plot(plot: Plot, figures: Path, out: Path, dpi: int = 130) -> tuple[Path, Path]:
     """<figures>/<name>.png and <out>/<name>.csv, both written atomically."""
-    from src.data.io import atomic_write
-
     png = atomic_write(
         Path(figures) / f"{plot.name}.png",
         lambda tmp: plot.figure.savefig(tmp, dpi=dpi, format="png"),

@@ -37,15 +37,13 @@ def inputs_fingerprint(results: Path) -> str | None:
     return fingerprint(inputs, Path(results)) if inputs else None
 
 
-def report_is_current(results: Path, figures: Path) -> bool:
-    """A report exists in `figures` and was made from tables identical to those in `results`."""
-    made = read_manifest(figures) or {}
-    stamp = made.get("inputs_sha256")
-    return (
-        report_path(figures).exists()
-        and stamp is not None
-        and (stamp == inputs_fingerprint(results))
-    )
+def report_is_current(results: Path, figures: Path, stamp: str | None = None) -> bool:
+    """A report exists in `figures` and was made from tables identical to those in `results`
+    (`stamp`: their inputs_fingerprint, when the caller has it already)."""
+    made = (read_manifest(figures) or {}).get("inputs_sha256")
+    if made is None or not report_path(figures).exists():
+        return False
+    return made == (stamp or inputs_fingerprint(results))
 
 
 def _fmt(v: object) -> str:
