@@ -11,3 +11,7 @@ from __future__ import annotations
 
 class UserError(ValueError):
     """A problem with the user's input (flags, files, data), not with the code."""
+
+
+class InputMissing(UserError):
+    """An input a stage reads does not exist (yet): an earlier step has not made it."""

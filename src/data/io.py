@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 MANIFEST_NAME = "manifest.json"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_PREFIX = "<repo>/"  # marks a path inside this checkout in a manifest
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -76,7 +78,7 @@ def load_torch(path: Path) -> Any:
 @cache
 def code_version() -> str:
     """Git commit of this checkout (with '+dirty' when it has local changes), else 'unknown'."""
-    root = Path(__file__).resolve().parents[2]
+    root = REPO_ROOT
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
@@ -93,12 +95,52 @@ def code_version() -> str:
     return sha + ("+dirty" if dirty else "")
 
 
+def portable(path: str | Path | None) -> str | None:
+    """A path as a manifest records it, valid after the checkout or the data folder moves:
+    inside this checkout -> '<repo>/relative/path'; elsewhere under the working directory ->
+    relative to it; anything else as given. A string is taken as a path only if it is absolute
+    or exists (otherwise it is a hub id such as 'org/name' and is kept)."""
+    if path is None:
+        return None
+    text = str(path)
+    if text.startswith(REPO_PREFIX):
+        return text
+    if isinstance(path, str) and not (Path(text).is_absolute() or Path(text).exists()):
+        return text
+    p = Path(os.path.abspath(text))
+    if p == REPO_ROOT or REPO_ROOT in p.parents:
+        return REPO_PREFIX + p.relative_to(REPO_ROOT).as_posix()
+    cwd = Path.cwd()
+    if cwd in p.parents:
+        return p.relative_to(cwd).as_posix()
+    return text
+
+
+def local_path(text: str) -> Path:
+    """The inverse of portable(): where a recorded path is on this machine now."""
+    if text.startswith(REPO_PREFIX):
+        return REPO_ROOT / text.removeprefix(REPO_PREFIX)
+    return Path(text)
+
+
+def _portable_values(obj: Any) -> Any:
+    """Every Path inside a manifest's fields made portable (args hold Path flags)."""
+    if isinstance(obj, Path):
+        return portable(obj)
+    if isinstance(obj, dict):
+        return {k: _portable_values(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_portable_values(v) for v in obj]
+    return obj
+
+
 def write_manifest(folder: Path, **fields: Any) -> Path:
-    """Write `folder/manifest.json` last: its presence means the folder is complete."""
+    """Write `folder/manifest.json` last: its presence means the folder is complete. Paths
+    among the fields are recorded portably (see portable())."""
     manifest = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "code_version": code_version(),
-        **fields,
+        **_portable_values(fields),
     }
     return write_json_atomic(Path(folder) / MANIFEST_NAME, manifest)
 

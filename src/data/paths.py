@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 from typing import Literal
 
+from src.errors import InputMissing, UserError
+
 ChunkKind = Literal["pre", "post", "ref"]
 _CHUNK_RE = re.compile(r"^(pre|post|ref)_vectors_(\d+)\.pt$")
 
@@ -57,10 +59,10 @@ def shard_dirs(folder: Path, shards: list[str] | None = None) -> list[Path]:
     if shards:
         missing = sorted(set(shards) - set(names))
         if missing:
-            raise ValueError(f"shard(s) {missing} not in {folder}")
+            raise UserError(f"shard(s) {missing} not in {folder} (it has {', '.join(names)})")
         names = [n for n in names if n in shards]
     if not names:
-        raise ValueError(f"no vector chunks under {folder}")
+        raise InputMissing(f"no vector chunks under {folder}")
     return [folder / n for n in names]
 
 

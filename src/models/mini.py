@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from src.data.io import local_path, portable
 from src.models.base import (
     DEFAULT_PROMPT,
     BatchInputs,
@@ -193,7 +194,8 @@ def build_composed(
 
 class MiniAdapter(VLMAdapter):
     name = "mini"
-    default_model_id = str(DEFAULT_CONNECTOR_DIR)
+    # Recorded as '<repo>/src/models/weights/mini', so a moved checkout still matches its vectors.
+    default_model_id = portable(DEFAULT_CONNECTOR_DIR)
     hook_point = "connector"
 
     model: ComposedVLM
@@ -209,7 +211,7 @@ class MiniAdapter(VLMAdapter):
         trust_remote_code: bool = False,
     ) -> MiniAdapter:
         """model_id: a connector folder (connector.safetensors + config.json)."""
-        folder = Path(model_id or cls.default_model_id)
+        folder = local_path(model_id or cls.default_model_id)
         connector = load_connector(folder)
         model, transform = build_composed(
             connector, device=device, dtype=dtype, trust_remote_code=trust_remote_code
@@ -217,7 +219,7 @@ class MiniAdapter(VLMAdapter):
         return cls(
             model,
             MiniPreprocessor(transform),
-            model_id=str(folder),
+            model_id=portable(folder),
             revision=revision,
             device=device,
             dtype=dtype,
