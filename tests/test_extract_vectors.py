@@ -149,3 +149,15 @@ def test_empty_shard_gets_a_manifest(tmp_path, random_connector_dir):
     assert _run(root, tmp_path / "v", random_connector_dir) == 0
     manifest = json.loads((tmp_path / "v" / "mini" / "empty" / "manifest.json").read_text())
     assert manifest["n_images"] == 0 and manifest["n_ok"] == 0
+
+
+def test_dangling_link_and_bad_caption_reach_the_manifest(tmp_path, random_connector_dir):
+    root = tmp_path / "images"
+    write_noise_images(root / "s0", 2)
+    (root / "s0" / "img_001.txt").write_bytes(b"noise \xff picture\n")  # not UTF-8
+    (root / "s0" / "img_002.jpg").symlink_to("deleted.jpg")
+    assert _run(root, tmp_path / "v", random_connector_dir) == 0
+    manifest = json.loads((tmp_path / "v" / "mini" / "s0" / "manifest.json").read_text())
+    assert manifest["n_images"] == 3 and manifest["n_ok"] == 2
+    assert manifest["skipped"] == ["img_002: dangling symlink -> deleted.jpg"]
+    assert any(n.startswith("img_001: caption file ") and "0xff" in n for n in manifest["notes"])

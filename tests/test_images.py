@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from src.data.extraction import extract_shard
 from src.data.images import (
     Collate,
     image_loader,
     list_images,
     list_shards,
     load_image,
+    select_shards,
 )
+from src.errors import UserError
 
 
 def _jpeg_bytes(size=(64, 48), colour=(200, 30, 30)) -> bytes:
@@ -136,5 +141,123 @@ def test_shards_flat_folder_and_captions(tmp_path: Path) -> None:
     assert list_shards(flat) == ["flat"]
     (rec,) = list_images(flat, "flat")
     assert load_image(rec).captions == ["first caption", "second caption"]
-    with pytest.raises(FileNotFoundError, match="not a folder"):
+    with pytest.raises(UserError, match="not a folder"):
         list_shards(tmp_path / "missing")
+
+
+def test_exif_orientation_is_applied_and_noted(tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    folder.mkdir()
+    # 64 wide, 32 high: left half red, right half blue, so a rotation shows in the pixels.
+    arr = np.zeros((32, 64, 3), dtype=np.uint8)
+    arr[:, :32] = (255, 0, 0)
+    arr[:, 32:] = (0, 0, 255)
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # the camera was turned: display rotated 90 degrees clockwise
+    img.save(folder / "phone.jpg", exif=exif, quality=95)
+    img.save(folder / "plain.jpg", quality=95)
+
+    loaded = {r.key: load_image(r) for r in list_images(tmp_path, "s")}
+    phone = loaded["phone"]
+    assert phone.error is None and phone.image.size == (32, 64)
+    with Image.open(folder / "phone.jpg") as raw:
+        stored = np.asarray(raw.convert("RGB"))
+    # Rotating 90 degrees clockwise: the stored left (red) half becomes the top.
+    np.testing.assert_array_equal(np.asarray(phone.image), np.rot90(stored, k=-1))
+    top, bottom = np.asarray(phone.image)[8, 16], np.asarray(phone.image)[56, 16]
+    assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]
+    assert any("EXIF orientation 6" in n and "clockwise" in n for n in phone.warnings)
+    plain = loaded["plain"]
+    assert plain.image.size == (64, 32)
+    assert not any("EXIF" in n for n in plain.warnings)
+
+
+def test_caption_not_utf8_is_decoded_and_noted(tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    folder.mkdir()
+    for stem in ("latin", "utf8"):
+        Image.new("RGB", (20, 20)).save(folder / f"{stem}.png")
+    (folder / "latin.txt").write_bytes("caf\u00e9 au lait\nsecond\n".encode("latin-1"))
+    (folder / "utf8.txt").write_text("caf\u00e9 au lait\n", encoding="utf-8")
+
+    loaded = {r.key: load_image(r) for r in list_images(tmp_path, "s")}
+    latin = loaded["latin"]
+    assert latin.error is None
+    assert latin.captions == ["caf\ufffd au lait", "second"]
+    (note,) = latin.warnings
+    assert str(folder / "latin.txt") in note
+    assert "not valid UTF-8" in note and "0xe9" in note and "offset 3" in note
+    assert loaded["utf8"].captions == ["caf\u00e9 au lait"] and loaded["utf8"].warnings == []
+
+
+def _shard_with_dangling_link(root: Path) -> Path:
+    folder = root / "s"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (20, 20), (10, 20, 30)).save(folder / "a_good.png")
+    (folder / "b_gone.jpg").symlink_to("moved_away.jpg")  # relative target that does not exist
+    Image.new("RGB", (20, 20)).save(root / "real.png")
+    (folder / "c_link.png").symlink_to(root / "real.png")  # a working link: an ordinary image
+    return folder
+
+
+def test_dangling_symlink_is_listed_and_reported(tmp_path: Path) -> None:
+    _shard_with_dangling_link(tmp_path / "images")
+    records = list_images(tmp_path / "images", "s")
+    assert [r.key for r in records] == ["a_good", "b_gone", "c_link"]
+    loaded = {r.key: load_image(r) for r in records}
+    assert loaded["b_gone"].image is None
+    assert loaded["b_gone"].error == "dangling symlink -> moved_away.jpg"
+    assert loaded["a_good"].error is None and loaded["c_link"].error is None
+    # A flat folder holding only a dangling link is still a shard, so the link gets reported.
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "x.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    assert list_shards(flat) == ["flat"]
+
+
+def test_dangling_symlink_is_in_the_shard_manifest(tmp_path: Path) -> None:
+    _shard_with_dangling_link(tmp_path / "images")
+    records = list_images(tmp_path / "images", "s")
+    out = tmp_path / "out"
+
+    def encode(inputs: dict, items: list) -> dict:
+        return {"pre": [torch.ones(1, 3) for _ in items]}
+
+    result = extract_shard(
+        records,
+        out,
+        encode=encode,
+        preprocess=lambda images: {"n": len(images)},
+        kinds=("pre",),
+        batch_size=2,
+        num_workers=0,
+        save_every=2,
+        save_dtype=None,
+        skip_existing=False,
+        identity={"model": "fake"},
+        manifest_fields={},
+        progress=False,
+    )
+    assert result.n_ok == 2
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["n_images"] == 3 and manifest["n_ok"] == 2
+    assert manifest["skipped"] == ["b_gone: dangling symlink -> moved_away.jpg"]
+
+
+def test_shard_selection_errors_are_user_errors(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    for shard in ("s0", "s1"):
+        (root / shard).mkdir(parents=True)
+        Image.new("RGB", (20, 20)).save(root / shard / "a.png")
+    assert select_shards(root, index=1) == ["s1"]
+    with pytest.raises(UserError, match=r"--shards nope: not found under .*: s0, s1"):
+        select_shards(root, ["s0", "nope"])
+    with pytest.raises(UserError, match=r"--shard_index 2 out of range: .* 2 shard\(s\)"):
+        select_shards(root, index=2)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match=r"no image shards under .*empty.*check --root"):
+        select_shards(empty)
+    with pytest.raises(UserError, match="missing is not a folder; pass --root"):
+        select_shards(tmp_path / "missing")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,7 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from src.errors import UserError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 # PIL's own name for the format each extension promises; a mismatch is reported, not fatal.
@@ -18,6 +21,18 @@ _EXT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
 
 DEFAULT_MIN_SIDE = 8
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; larger files are skipped rather than decoded
+
+_EXIF_ORIENTATION = 0x0112
+# What ImageOps.exif_transpose does for each EXIF Orientation value (1 = upright, nothing to do).
+_ORIENTATIONS = {
+    2: "mirrored left-right",
+    3: "rotated 180 degrees",
+    4: "mirrored top-bottom",
+    5: "flipped over the main diagonal",
+    6: "rotated 90 degrees clockwise",
+    7: "flipped over the anti-diagonal",
+    8: "rotated 90 degrees counter-clockwise",
+}
 
 # Never let PIL fill truncated files with grey: a truncated file is an error we report.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -48,11 +63,14 @@ def list_shards(root: Path) -> list[str]:
     """Sorted shard names under `root`. A flat folder of images is one shard, named after it."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image root {root} is not a folder")
+        raise UserError(
+            f"image root {root} is not a folder; pass --root the folder that holds the shard "
+            "folders (or one flat folder of images)"
+        )
     subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if subdirs:
         return subdirs
-    if any(_is_image_name(p) for p in root.iterdir()):
+    if any(_is_image_entry(p) for p in root.iterdir()):
         return [root.name]
     return []
 
@@ -65,14 +83,24 @@ def select_shards(
     if names:
         missing = sorted(set(names) - set(shards))
         if missing:
-            raise ValueError(f"shard(s) {missing} not found under {root}")
+            raise UserError(
+                f"--shards {', '.join(missing)}: not found under {root}; "
+                f"its shards are: {', '.join(shards) or '(none)'}"
+            )
         shards = [s for s in shards if s in names]
     if index is not None:
         if not 0 <= index < len(shards):
-            raise ValueError(f"--shard_index {index} out of range: {len(shards)} shard(s)")
+            valid = f"0..{len(shards) - 1}" if shards else "none"
+            raise UserError(
+                f"--shard_index {index} out of range: {root} has {len(shards)} shard(s) "
+                f"(valid: {valid}); pass an index in range or drop the flag"
+            )
         shards = [shards[index]]
     if not shards:
-        raise ValueError(f"no image shards under {root}")
+        raise UserError(
+            f"no image shards under {root}: expected sub-folders of images, or image files "
+            f"({', '.join(IMAGE_EXTS)}) directly in it; check --root"
+        )
     return shards
 
 
@@ -82,12 +110,16 @@ def shard_folder(root: Path, shard: str) -> Path:
 
 
 def list_images(root: Path, shard: str) -> list[ImageRecord]:
-    """The shard's images sorted by key; the order fixes chunk boundaries, so it must be stable."""
+    """The shard's images sorted by key; the order fixes chunk boundaries, so it must be stable.
+
+    Dangling symlinks are listed too: load_image reports them, so they end up in the manifest's
+    skipped list instead of vanishing from the shard without a word.
+    """
     folder = shard_folder(root, shard)
     records: list[ImageRecord] = []
     seen: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if not _is_image_name(p):
+        if not _is_image_entry(p):
             continue
         if p.stem in seen:
             # Two files with one stem (a.jpg, a.png) would share a key: keep the first, say so.
@@ -101,15 +133,36 @@ def list_images(root: Path, shard: str) -> list[ImageRecord]:
     return records
 
 
-def _is_image_name(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")
+def _is_image_entry(p: Path) -> bool:
+    """An image file, or a dangling symlink with an image name (reported when loaded)."""
+    if p.suffix.lower() not in IMAGE_EXTS or p.name.startswith("."):
+        return False
+    return p.is_file() or _is_dangling(p)
 
 
-def read_captions(path: Path | None) -> list[str]:
-    """Non-empty lines of a caption file: one reference caption per line."""
+def _is_dangling(p: Path) -> bool:
+    # exists() follows the link: False for a missing target (or a symlink loop).
+    return p.is_symlink() and not p.exists()
+
+
+def read_captions(path: Path | None, notes: list[str] | None = None) -> list[str]:
+    """Non-empty lines of a caption file: one reference caption per line.
+
+    Invalid UTF-8 is decoded with replacement characters rather than dropped (the rest of the
+    caption is usually fine); when `notes` is given, a note says which file and where.
+    """
     if path is None:
         return []
-    text = path.read_text(encoding="utf-8", errors="replace")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        text = data.decode("utf-8", errors="replace")
+        if notes is not None:
+            notes.append(
+                f"caption file {path} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset "
+                f"{e.start}); undecodable bytes replaced"
+            )
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -122,7 +175,7 @@ def load_image(
     """Decode one file to RGB, or return why it cannot be used. Never raises for bad files."""
     notes: list[str] = []
     try:
-        captions = read_captions(record.caption_path)
+        captions = read_captions(record.caption_path, notes)
     except OSError as e:
         captions, notes = [], [f"caption unreadable: {e}"]
     if record.caption_path is None:
@@ -133,6 +186,8 @@ def load_image(
     def bad(reason: str) -> LoadedImage:
         return LoadedImage(record, None, captions, error=reason, warnings=notes)
 
+    if _is_dangling(record.path):
+        return bad(f"dangling symlink -> {os.readlink(record.path)}")
     try:
         size = record.path.stat().st_size
     except OSError as e:
@@ -153,7 +208,7 @@ def load_image(
                 if im.format and expected and im.format != expected:
                     notes.append(f"extension {record.path.suffix} but content is {im.format}")
                 im.load()  # raises on truncated or corrupt data
-                rgb = to_rgb(im, notes)
+                rgb = to_rgb(upright(im, notes), notes)
     except UnidentifiedImageError:
         return bad("not an image (cannot identify format)")
     except Image.DecompressionBombError as e:
@@ -161,6 +216,25 @@ def load_image(
     except (OSError, SyntaxError, ValueError) as e:
         return bad(f"corrupt or truncated: {e}")
     return LoadedImage(record, rgb, captions, warnings=notes)
+
+
+def upright(im: Image.Image, notes: list[str]) -> Image.Image:
+    """Apply the EXIF Orientation tag, so a phone photo is not encoded lying on its side."""
+    try:
+        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception as e:  # PIL's EXIF parser raises many kinds; the pixels are still good
+        notes.append(f"EXIF unreadable ({type(e).__name__}: {e}); orientation not applied")
+        return im
+    if not isinstance(orientation, int) or orientation not in _ORIENTATIONS:
+        if orientation != 1:
+            notes.append(f"EXIF orientation {orientation!r} is not 1-8; ignored")
+        return im
+    out = ImageOps.exif_transpose(im)
+    notes.append(
+        f"EXIF orientation {orientation} applied: {_ORIENTATIONS[orientation]} "
+        f"({im.width}x{im.height} -> {out.width}x{out.height})"
+    )
+    return out
 
 
 def to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
