@@ -4,8 +4,10 @@
     python -m src.launch [options] src.extract.extract_vectors [stage args]
 
 Each step of `src.pipeline.plan` (or the one stage) is checked with the stage's own parser, then
-submitted as a job array with one task per shard still missing (sharded stages) or as one job,
-each after (afterok) every job submitted before it, so a failure stops the chain. Complete
+submitted as a job array with one task per shard still missing (sharded stages) or as one job.
+A step waits (afterok) only for the submitted steps that write what it reads, as the stages
+declare their inputs and outputs (src/stage.py), so independent steps (the reference arrays
+and the vector array) run side by side, and a failure stops only what depends on it. Complete
 outputs (manifests) are not submitted again. Tasks that are preempted or time out are requeued
 and resume from their checkpoints. `--local` runs the same tasks here, one after another.
 """
@@ -13,6 +15,7 @@ and resume from their checkpoints. `--local` runs the same tasks here, one after
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import re
 import shlex
@@ -22,30 +25,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from src.errors import UserError
 from src.jobs import (
     ShardsNotReady,
     StageFailed,
     StageMain,
     Task,
+    depends_on,
     parse_stage_args,
     stage_main,
+    step_paths,
     step_tasks,
 )
 
 Steps = Sequence[tuple[str, StageMain, list[str]]]
 
 PIPELINE = "pipeline"
-# sacct states after which a job will not run again
-FAILED_STATES = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL")
+STAGE_FOLDERS = ("extract", "train", "eval", "plot")
 
 
 @dataclass
 class Submitted:
-    """One step's submission: its tasks and their submitit jobs (one per task)."""
+    """One step's submission: its tasks, their submitit jobs (one per task), what it writes."""
 
     title: str
     tasks: list[Task]
     jobs: list = field(default_factory=list)  # submitit.Job, one per task
+    outputs: list[Path] = field(default_factory=list)
 
     @property
     def job_id(self) -> str:
@@ -53,9 +59,31 @@ class Submitted:
         return self.jobs[0].job_id.split("_")[0]
 
 
+def stage_modules() -> list[tuple[str, str]]:
+    """(module, first docstring line) of every stage, found by reading the stage folders' source
+    (no import: listing them costs nothing and pulls in no model or plotting code)."""
+    found = []
+    for folder in STAGE_FOLDERS:
+        for path in sorted((Path(__file__).parent / folder).glob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            declares = any(
+                isinstance(n, ast.Assign)
+                and any(getattr(t, "id", "") == "STAGE" for t in n.targets)
+                for n in tree.body
+            )
+            if declares:
+                doc = (ast.get_docstring(tree) or "").removeprefix("Stage: ").replace("\n", " ")
+                doc = doc if len(doc) <= 64 else doc[:61].rsplit(" ", 1)[0] + " ..."
+                found.append((f"src.{folder}.{path.stem}", doc))
+    return found
+
+
 def get_args_parser() -> argparse.ArgumentParser:
+    listing = "\n".join(f"  {m:<34} {d}" for m, d in stage_modules())
     p = argparse.ArgumentParser(
         prog="python -m src.launch",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"targets:\n  {PIPELINE:<34} the whole sample study (src.pipeline)\n{listing}",
         description="Submit the sample study (`pipeline`) or one stage (its module, e.g. "
         "src.extract.extract_vectors) to Slurm through submitit: a job array over the shards "
         "still missing, chained with afterok dependencies; or run the same plan with --local. "
@@ -133,7 +161,7 @@ def sbatch_parameters(args: argparse.Namespace, title: str, after: Sequence[str]
     for kv in args.sbatch:
         key, sep, value = kv.partition("=")
         if not sep or not key:
-            raise ValueError(f"--sbatch expects KEY=VALUE, got {kv!r}")
+            raise UserError(f"--sbatch expects KEY=VALUE, got {kv!r}")
         extra[key.lstrip("-")] = value
     if extra:
         params["additional_parameters"] = extra
@@ -234,9 +262,9 @@ def report(subs: list[Submitted]) -> int:
 
 
 def dependencies(subs: list[Submitted]) -> list[str]:
-    """Job ids the next step must wait for (afterok): every earlier one still running. One
-    that has ended is left out (Slurm forgets ended jobs after a while); if it failed, nothing
-    more is submitted."""
+    """Job ids a step must wait for (afterok): those of `subs` (the steps it reads from) still
+    running. One that has ended is left out (Slurm forgets ended jobs after a while); if it
+    failed, the step is not submitted."""
     after = []
     for s in subs:
         if all(j.done() for j in s.jobs):
@@ -247,35 +275,42 @@ def dependencies(subs: list[Submitted]) -> list[str]:
     return after
 
 
-def submit(steps: Steps, args: argparse.Namespace) -> list[Submitted]:
-    """Submit every step with missing work, each after every job submitted before it.
+def upstream(subs: list[Submitted], inputs: list[Path]) -> list[Submitted]:
+    """The submitted steps that write something a step reads."""
+    return [s for s in subs if depends_on(inputs, s.outputs)]
 
-    A step whose shards cannot be listed yet (its images come from an earlier step) waits for
-    the jobs submitted so far, then lists them. ValueError for arguments a stage rejects."""
+
+def submit(steps: Steps, args: argparse.Namespace) -> list[Submitted]:
+    """Submit every step with missing work, each after the submitted steps it reads from.
+
+    A step whose shards cannot be listed yet (its input comes from an earlier step) waits for
+    those steps' jobs, then lists them. UserError for arguments a stage rejects."""
     steps = list(steps)
     for _, main, argv in steps:  # fail fast: every step's argv through its own parser
         parse_stage_args(main, argv)
     subs: list[Submitted] = []
     for title, main, argv in steps:
+        inputs, outputs = step_paths(main, argv)
+        before = upstream(subs, inputs)
         try:
             tasks = step_tasks(title, main, argv)
         except ShardsNotReady as e:
-            if not subs:
-                raise ValueError(f"step '{title}': {e}") from None
-            print(f"== {title}: waiting for the jobs before it to list its shards ({e})")
-            wait_for(subs, args.wait_timeout)
-            if report_failures(subs):
-                raise StageFailed(f"step '{title}' not submitted: an earlier job failed") from None
+            if not before:
+                raise UserError(f"step '{title}': {e}") from None
+            print(f"== {title}: waiting for the jobs it reads from to list its shards ({e})")
+            wait_for(before, args.wait_timeout)
+            if report_failures(before):
+                raise StageFailed(f"step '{title}' not submitted: a job it needs failed") from None
             tasks = step_tasks(title, main, argv)
         if not tasks:
             print(f"== {title}: complete, nothing to submit")
             continue
-        after = dependencies(subs)
+        after = dependencies(before)
         executor = make_executor(args)
         executor.update_parameters(**sbatch_parameters(args, title, after))
         with executor.batch():
             jobs = [executor.submit(t) for t in tasks]
-        sub = Submitted(title, tasks, jobs)
+        sub = Submitted(title, tasks, jobs, outputs)
         subs.append(sub)
         labels = ", ".join(t.label for t in tasks)
         what = f"array of {len(tasks)}: {labels}" if len(tasks) > 1 else (labels or "1 job")
@@ -299,7 +334,7 @@ def run_local(steps: Steps) -> int:
         try:
             tasks = step_tasks(title, main, argv)
         except ShardsNotReady as e:
-            raise ValueError(f"step '{title}': {e}") from None
+            raise UserError(f"step '{title}': {e}") from None
         if not tasks:
             print(f"== {title}: complete, nothing to run", flush=True)
         for task in tasks:
@@ -316,23 +351,27 @@ def run_local(steps: Steps) -> int:
 
 
 def dry_run(steps: Steps, args: argparse.Namespace) -> int:
-    """Print what would be submitted: each step's tasks and its sbatch file."""
-    previous: list[str] = []
+    """Print what would be submitted: each step's tasks, the steps it waits for, its sbatch
+    file (with <title> standing for a job id not known yet)."""
+    planned: list[Submitted] = []  # steps that would be submitted, without jobs
     for title, main, argv in steps:
+        inputs, outputs = step_paths(main, argv)
+        after = [f"<{s.title}>" for s in upstream(planned, inputs)]
+        waits = f"; after {', '.join(after)}" if after else "; depends on nothing"
         try:
             tasks = step_tasks(title, main, argv)
         except ShardsNotReady as e:
-            print(f"== {title}: shards listed once the jobs before it have run ({e})")
-            previous.append(f"<{title}>")
+            print(f"== {title}: shards listed once the steps it reads from have run ({e}){waits}")
+            planned.append(Submitted(title, [], [], outputs))
             continue
         if not tasks:
             print(f"== {title}: complete, nothing to submit")
             continue
-        print(f"== {title}: {len(tasks)} task(s)")
+        print(f"== {title}: {len(tasks)} task(s){waits}")
         for t in tasks:
             print("   " + shlex.join(["python", "-m", t.main.__module__, *t.argv]))
-        print(sbatch_text(args, title, len(tasks), previous[-1:]))
-        previous.append(f"<{title}>")
+        print(sbatch_text(args, title, len(tasks), after))
+        planned.append(Submitted(title, tasks, [], outputs))
     return 0
 
 
@@ -346,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.local:
             return run_local(steps)
         subs = submit(steps, args)
-    except (ValueError, ImportError, StageFailed) as e:
+    except (UserError, StageFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not subs:

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from src.data import make_sample
 from src.data.io import read_manifest
 from src.data.paths import (
     captions_results_dir,
@@ -21,12 +20,12 @@ from src.data.paths import (
     list_vector_shards,
     perturb_results_dir,
     recon_results_dir,
+    report_path,
     vector_shard_dir,
 )
 from src.eval import eval_captions, eval_perturb, eval_recon, score_captions, score_perturb
-from src.extract import extract_clip, extract_knn, extract_vectors
+from src.extract import extract_clip, extract_knn, extract_vectors, make_sample
 from src.plot import report
-from src.plotting.report import report_path
 from src.train import export_recon, train_recon
 
 Step = tuple[str, Callable[[list[str]], int], list[str]]
@@ -92,11 +91,10 @@ def plan(args: argparse.Namespace) -> list[Step]:
                       flags(root=images, out_dir=data / "clip_ref" / ref, model_id=ref,
                             **loader)))  # fmt: skip
     refs = [f"{ref}:{data / 'clip_ref' / ref}" for ref in ("efficientnet-lite0", "minilm")]
-    ids = dict(a.split("=", 1) for a in args.model_id or [])
     # No CLIP ships offline: score captions by their NLL under mini given the image instead.
     nll = {}
     if "mini" in args.models.split(","):
-        nll = dict(nll_vec_dir=data / "vector" / "mini", nll_model=ids.get("mini"))
+        nll = dict(nll_vec_dir=data / "vector" / "mini")
     for model in args.models.split(","):
         recon = data / "recon" / model
         common = dict(embed_model=model, skip_existing=True, no_progress=quiet)
@@ -121,13 +119,11 @@ def plan(args: argparse.Namespace) -> list[Step]:
                    out_dir=recon_results_dir(args.results), split="all", **common)),
         ]  # fmt: skip
         captions, perturbed = captions_results_dir(args.results, model), data / "perturb_out"
-        vlm_id = ids.get(model)
-        held_out = dict(
-            shards=args.caption_shard, no_progress=quiet, skip_existing=True, vlm_id=vlm_id
-        )
+        # the captioning stages read the model's identity from the vectors' manifests
+        held_out = dict(shards=args.caption_shard, no_progress=quiet, skip_existing=True)
         steps += [
             (f"captions post vs reconstruction {model}", eval_captions.main,
-             flags(vec_dir=vec, image_dir=images, embed_model=model, model_path=recon,
+             flags(vec_dir=vec, image_dir=images, model_path=recon,
                    compare_post_vs_recon=True, out_dir=captions, shard_limit=args.caption_n,
                    device=args.device, **held_out)),
             (f"score captions {model}", score_captions.main,
@@ -136,7 +132,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
         for mode, levels in (("mask", [0.25, 0.5, 0.75]), ("lowrank", [0.25, 0.0625, 0])):
             steps.append(
                 (f"perturb {mode} {model}", eval_perturb.main,
-                 flags(vec_dir=vec, image_dir=images, model_name=model, mode=mode, level=levels,
+                 flags(vec_dir=vec, image_dir=images, mode=mode, level=levels,
                        out_dir=perturbed, limit=args.perturb_n, device=args.device, **held_out))
             )  # fmt: skip
     steps.append(("score perturbations", score_perturb.main,

@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from src.errors import UserError
+
 DTYPES = {
     "fp32": torch.float32,
     "float32": torch.float32,
@@ -23,7 +25,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
     return device
 
 
@@ -36,9 +38,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     try:
         return DTYPES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown dtype {name!r}; choose auto or one of {sorted(DTYPES)}"
-        ) from None
+        raise UserError(f"unknown dtype {name!r}; choose auto or one of {sorted(DTYPES)}") from None
 
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +72,7 @@ def parse_assignments(values: list[str] | None, flag: str) -> dict[str, str]:
     for v in values or []:
         name, sep, value = v.partition("=")
         if not sep or not name or not value:
-            raise ValueError(f"{flag} expects NAME=VALUE, got {v!r}")
+            raise UserError(f"{flag} expects NAME=VALUE, got {v!r}")
         out[name] = value
     return out
 

@@ -62,13 +62,16 @@ class Stage:
     resume_add: tuple[str, ...] = ()
     resume_drop: tuple[str, ...] = ()
     on_skip: Callable[[Args], None] | None = None  # what to print when nothing is left to do
+    # False: the done rule holds whatever the flags (a stage whose outputs are a pure function
+    # of its arguments, such as the sample data); True: only with --skip_existing.
+    skip_flag: bool = True
     description: str = ""
 
     def is_done(self, args: Args) -> bool:
         """Would a run find nothing to do? Only with --skip_existing (where the stage has it:
         without it the stage recomputes). Missing inputs mean "not done"; other user errors
         (an output made by another model, say) propagate."""
-        if not getattr(args, "skip_existing", True):
+        if self.skip_flag and not getattr(args, "skip_existing", False):
             return False
         try:
             return self.done(args) if self.done else outputs_complete(self.outputs(args))

@@ -11,6 +11,7 @@ import torch
 from src.data.paths import reference_shard_dir, vector_shard_dir
 from src.data.vectors import Chunk, save_chunk
 from src.extract import extract_knn
+from tests.vectors_on_disk import finish_shard
 
 
 def write_space(root, model, *, rotate: bool, n=60, t=3, d=8, seed=0, nan_key=None):
@@ -25,6 +26,7 @@ def write_space(root, model, *, rotate: bool, n=60, t=3, d=8, seed=0, nan_key=No
         folder = vector_shard_dir(root, model, shard)
         save_chunk(folder, "pre", 0, Chunk.from_items(keys, pre, []))
         save_chunk(folder, "post", 0, Chunk.from_items(keys, post, []))
+        finish_shard(folder, model)
         ref = reference_shard_dir(root / "ref", shard)
         # the reference is E_pre's mean itself, minus one image it could not embed
         save_chunk(
@@ -111,6 +113,7 @@ def test_clear_errors(tmp_path, capsys):
     folder = vector_shard_dir(tmp_path / "x", "m", "s0")
     save_chunk(folder, "pre", 0, Chunk.from_items(["a", "b"], [torch.ones(2, 3)] * 2, []))
     save_chunk(folder, "post", 0, Chunk.from_items(["a", "c"], [torch.ones(2, 3)] * 2, []))
+    finish_shard(folder)
     assert (
         extract_knn.main(
             [

@@ -23,7 +23,7 @@ from src.plot import (
     plot_perturb,
     report,
 )
-from src.plotting import figures, tables
+from src.reporting import figures, tables
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "results"
 MODEL = "mini"

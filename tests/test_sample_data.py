@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from src.data import make_sample
 from src.data.sample import (
     CELLS,
     COLOURS,
@@ -19,6 +18,7 @@ from src.data.sample import (
     write_photos,
     write_scenes,
 )
+from src.extract import make_sample
 from src.metrics.captions import first_mention
 
 

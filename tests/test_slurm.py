@@ -19,8 +19,7 @@ import pytest
 import torch
 
 from src import launch
-from src.data import make_sample
-from src.extract import extract_knn, extract_vectors
+from src.extract import extract_knn, extract_vectors, make_sample
 from src.train import train_recon
 from tests.test_recon import write_linear_vectors
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from src.errors import UserError
+from src.errors import InputMissing, UserError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 # PIL's own name for the format each extension promises; a mismatch is reported, not fatal.
@@ -63,7 +63,7 @@ def list_shards(root: Path) -> list[str]:
     """Sorted shard names under `root`. A flat folder of images is one shard, named after it."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(
+        raise InputMissing(
             f"image root {root} is not a folder; pass --root the folder that holds the shard "
             "folders (or one flat folder of images)"
         )
@@ -97,7 +97,7 @@ def select_shards(
             )
         shards = [shards[index]]
     if not shards:
-        raise UserError(
+        raise InputMissing(
             f"no image shards under {root}: expected sub-folders of images, or image files "
             f"({', '.join(IMAGE_EXTS)}) directly in it; check --root"
         )

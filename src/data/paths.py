@@ -75,6 +75,11 @@ def knn_results_dir(results: Path, model: str) -> Path:
     return Path(results) / "knn" / model
 
 
+def knn_table_path(out_dir: Path, table: str) -> Path:
+    """<out_dir>/<table>.csv: one of extract_knn's tables (knn, cka, spectra, ...)."""
+    return Path(out_dir) / f"{table}.csv"
+
+
 def recon_results_dir(results: Path) -> Path:
     """results/recon: eval_recon's tables for every model."""
     return Path(results) / "recon"
@@ -98,3 +103,38 @@ def scored_dir(caption_dir: Path) -> Path:
 def perturb_results_dir(results: Path) -> Path:
     """results/perturb: score_perturb's tables (<model>/<mode>/<shard>.csv, summary.csv)."""
     return Path(results) / "perturb"
+
+
+def caption_table(caption_dir: Path, shard: str) -> Path:
+    """<caption_dir>/<shard>.csv: eval_captions' (or eval_perturb's) table of one shard."""
+    return Path(caption_dir) / f"{shard}.csv"
+
+
+def perturb_captions_dir(out_dir: Path, model: str, mode: str) -> Path:
+    """<out_dir>/<model>/<mode>: eval_perturb's per-shard caption tables of one mode."""
+    return Path(out_dir) / model / mode
+
+
+def report_path(figures: Path) -> Path:
+    """<figures>/report.html"""
+    return Path(figures) / "report.html"
+
+
+def plot_data_dir(out: Path) -> Path:
+    """<out>/plots: one CSV of plotted values per figure."""
+    return Path(out) / "plots"
+
+
+def figure_png(figures: Path, name: str) -> Path:
+    """<figures>/<name>.png"""
+    return Path(figures) / f"{name}.png"
+
+
+def figure_values(out: Path, name: str) -> Path:
+    """<out>/plots/<name>.csv: the values a figure draws."""
+    return plot_data_dir(out) / f"{name}.csv"
+
+
+def summary_table(out: Path, suffix: str = ".csv") -> Path:
+    """<out>/summary.csv (or .json): the study's headline numbers (compute_summary, report)."""
+    return Path(out) / f"summary{suffix}"

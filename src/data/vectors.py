@@ -17,10 +17,10 @@ from typing import Literal
 
 import torch
 
+from src.errors import UserError
 from src.data.io import load_torch, save_torch_atomic
 from src.data.paths import ChunkKind, chunk_path, list_chunk_indices
 
-Pool = Literal["mean", "cls", "none"]
 
 
 @dataclass
@@ -76,7 +76,7 @@ def load_chunk(path: Path) -> Chunk:
     d = load_torch(path)
     missing = {"keys", "vectors", "lengths"} - set(d)
     if missing:
-        raise ValueError(f"{path}: not a vector chunk (missing {sorted(missing)})")
+        raise UserError(f"{path}: not a vector chunk (missing {sorted(missing)})")
     chunk = Chunk(
         list(d["keys"]),
         d["vectors"],
@@ -85,7 +85,7 @@ def load_chunk(path: Path) -> Chunk:
         list(d.get("notes", [])),
     )
     if int(chunk.lengths.sum()) != chunk.vectors.shape[0] or len(chunk.keys) != len(chunk.lengths):
-        raise ValueError(f"{path}: lengths do not match vectors/keys (corrupt chunk?)")
+        raise UserError(f"{path}: lengths do not match vectors/keys (corrupt chunk?)")
     return chunk
 
 
@@ -93,17 +93,6 @@ def iter_chunks(shard_dir: Path, kind: ChunkKind) -> Iterator[tuple[int, Chunk]]
     """Finished chunks of one kind in index order, one in memory at a time."""
     for i in list_chunk_indices(shard_dir, kind):
         yield i, load_chunk(chunk_path(shard_dir, kind, i))
-
-
-def pool_tokens(x: torch.Tensor, pool: Pool) -> torch.Tensor:
-    """(T, D) -> (D,) for mean/cls (cls = first token); 'none' returns x unchanged."""
-    if pool == "mean":
-        return x.float().mean(0)
-    if pool == "cls":
-        return x[0].float()
-    if pool == "none":
-        return x
-    raise ValueError(f"unknown pooling {pool!r}; expected mean, cls or none")
 
 
 def pool_chunk(chunk: Chunk, pool: Literal["mean", "cls"]) -> torch.Tensor:
@@ -122,25 +111,11 @@ def pool_chunk(chunk: Chunk, pool: Literal["mean", "cls"]) -> torch.Tensor:
     raise ValueError(f"unknown pooling {pool!r}; expected mean or cls")
 
 
-def load_pooled(
-    shard_dir: Path, kind: ChunkKind, pool: Literal["mean", "cls"]
-) -> tuple[list[str], torch.Tensor]:
-    """All keys and pooled (N, D) vectors of one shard, streaming chunk by chunk."""
-    keys: list[str] = []
-    rows: list[torch.Tensor] = []
-    for _, chunk in iter_chunks(shard_dir, kind):
-        keys += chunk.keys
-        rows.append(pool_chunk(chunk, pool))
-    if not rows:
-        return [], torch.zeros(0, 0)
-    return keys, torch.cat(rows)
-
-
 def check_aligned(pre: Chunk, post: Chunk, where: str) -> None:
     """Pre and post chunks must describe the same images in the same order."""
     if pre.keys != post.keys:
         diff = sorted(set(pre.keys) ^ set(post.keys))[:5]
-        raise ValueError(
+        raise UserError(
             f"{where}: pre/post keys do not line up "
             f"({len(pre.keys)} vs {len(post.keys)}; first differing: {diff or 'order differs'})"
         )

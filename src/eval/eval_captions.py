@@ -10,14 +10,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from src.data.identity import add_identity_args, upstream_identity
 from src.data.io import atomic_write, is_complete, write_manifest
-from src.data.paths import shard_dirs
-from src.metrics.caption_tables import reference_scores
+from src.data.paths import caption_table, shard_dirs
+from src.errors import UserError
+from src.metrics.caption_tables import bertscore_columns
 from src.metrics.text import BertScorer
-from src.models import MODEL_NAMES, load_adapter
-from src.models.base import DEFAULT_PROMPT
+from src.models import load_for_vectors
+from src.models.base import DEFAULT_PROMPT, VLMAdapter
 from src.models.captioning import caption_shard, stored
 from src.runtime import add_runtime_args, csv_list, resolve_device, resolve_dtype
+from src.stage import Stage
 from src.training.recon import STATS_NAME, NormStats, load_recon, reconstruct
 
 
@@ -29,8 +32,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--vec_dir", type=Path, required=True, help="data/vector/<model>")
     p.add_argument("--image_dir", type=Path, required=True, help="the image root")
-    p.add_argument("--embed_model", required=True, choices=MODEL_NAMES)
-    p.add_argument("--vlm_id", help="hub id or path of the VLM (default: the adapter's)")
+    add_identity_args(p, model_flag="--embed_model")
     p.add_argument("--model_path", type=Path, help="reconstructor folder (train_recon out_dir)")
     p.add_argument(
         "--recon_stats_path",
@@ -58,46 +60,56 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        device = resolve_device(args.device)
-        dtype = resolve_dtype(args.dtype, device)
-        dirs = shard_dirs(args.vec_dir, args.shards)
-        variants = {"post": stored}
-        if args.compare_post_vs_recon:
-            if args.model_path is None:
-                raise ValueError("--compare_post_vs_recon needs --model_path (a reconstructor)")
-            folder = args.model_path if args.model_path.is_dir() else args.model_path.parent
-            recon, _ = load_recon(folder, args.embed_model)
-            recon.to(device)
-            stats = NormStats.load(args.recon_stats_path or folder / STATS_NAME)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if (
-        args.skip_existing
-        and is_complete(args.out_dir)
-        and all((args.out_dir / f"{d.name}.csv").exists() for d in dirs)
-    ):
-        print(f"  {args.out_dir}: every shard captioned, nothing to do")
-        return 0
-    adapter = load_adapter(args.embed_model, args.vlm_id, device=device, dtype=dtype)
+def done(args: argparse.Namespace) -> bool:
+    """The folder is complete with a table for every shard asked for."""
+    dirs = shard_dirs(args.vec_dir, args.shards)
+    return is_complete(args.out_dir) and all(
+        caption_table(args.out_dir, d.name).exists() for d in dirs
+    )
+
+
+def recon_variant(adapter: VLMAdapter, ident: dict, args: argparse.Namespace):
+    """Captions from the reconstructed E_pre sent back through the connector."""
+    if args.model_path is None:
+        raise UserError("--compare_post_vs_recon needs --model_path (a reconstructor)")
+    folder = args.model_path if args.model_path.is_dir() else args.model_path.parent
+    made_from = upstream_identity(folder)
+    if (made_from["model"], made_from["model_id"]) != (ident["model"], ident["model_id"]):
+        raise UserError(
+            f"--model_path {folder} was trained on vectors of {made_from['model']} "
+            f"({made_from['model_id']}), not {ident['model']} ({ident['model_id']})"
+        )
+    recon, _ = load_recon(folder, ident["model"])
+    recon.to(adapter.device)
+    stats = NormStats.load(args.recon_stats_path or folder / STATS_NAME)
+
+    def from_recon(keys: list[str], posts: list[torch.Tensor], inputs: dict):
+        return adapter.connect(inputs, reconstruct(recon, stats, posts, adapter.device))
+
+    return from_recon
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    dirs = shard_dirs(args.vec_dir, args.shards)
+    adapter, ident = load_for_vectors(
+        args.vec_dir,
+        args.shards,
+        model=args.model,
+        vlm_id=args.vlm_id,
+        override=args.override_model,
+        device=device,
+        dtype=resolve_dtype(args.dtype, device),
+    )
+    variants = {"post": stored}
     if args.compare_post_vs_recon:
-
-        def from_recon(keys: list[str], posts: list[torch.Tensor], inputs: dict):
-            return adapter.connect(inputs, reconstruct(recon, stats, posts, device))
-
-        variants["recon"] = from_recon
+        variants["recon"] = recon_variant(adapter, ident, args)
     budget = args.max_items or None
     for d in dirs:
-        out = args.out_dir / f"{d.name}.csv"
-        if args.skip_existing and out.exists():
-            print(f"  {d.name}: {out} exists, skipped")
-            continue
+        out = caption_table(args.out_dir, d.name)
         limit = min(x for x in (args.shard_limit, budget, 10**12) if x is not None)
-        if limit <= 0:
-            break
+        if (args.skip_existing and out.exists()) or limit <= 0:
+            continue
         rows = caption_shard(
             adapter,
             d,
@@ -112,26 +124,31 @@ def main(argv: list[str] | None = None) -> int:
         )
         df = pd.DataFrame(rows)
         if args.with_bertscore:
-            caption_cols = [c for c in df.columns if c.startswith("caption_")]
-            df = reference_scores(df, caption_cols, BertScorer())
-            if args.compare_post_vs_recon:
-                df["bertscore_recon_vs_post"] = BertScorer()(
-                    df["caption_recon"].tolist(), df["caption_post"].tolist()
-                )["bertscore_f1"].numpy()
+            df = bertscore_columns(df, BertScorer())
         atomic_write(out, lambda tmp, df=df: df.to_csv(tmp, index=False))
-        if budget is not None:
-            budget -= len(df)
+        budget = None if budget is None else budget - len(df)
         same = (df["caption_post"] == df.get("caption_recon", df["caption_post"])).mean()
         extra = f"; recon caption identical for {same:.0%}" if args.compare_post_vs_recon else ""
         print(f"  {d.name}: {len(df)} images captioned{extra}")
-    write_manifest(
-        args.out_dir,
-        stage="eval_captions",
-        embed_model=args.embed_model,
-        model=adapter.describe(),
-        args=vars(args),
-    )
+    write_manifest(args.out_dir, stage="eval_captions", upstream=ident,
+                   model=adapter.describe(), args=vars(args))  # fmt: skip
     return 0
+
+
+STAGE = Stage(
+    name="eval_captions",
+    module=__name__,
+    parser=get_args_parser,
+    run=run,
+    inputs=lambda a: [a.vec_dir, a.image_dir, *([a.model_path] if a.model_path else [])],
+    outputs=lambda a: [a.out_dir],
+    done=done,
+    on_skip=lambda a: print(f"  {a.out_dir}: every shard captioned, nothing to do"),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return STAGE.main(argv)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from src.data.identity import add_identity_args, vector_identity
 from src.data.io import atomic_write, is_complete, write_manifest
-from src.data.paths import shard_dirs
-from src.models import MODEL_NAMES, load_adapter
+from src.data.paths import caption_table, perturb_captions_dir, shard_dirs
+from src.errors import UserError
+from src.models import load_for_vectors
 from src.models.base import DEFAULT_PROMPT
 from src.models.captioning import caption_shard, stored
 from src.models.perturb import MODES, perturb
 from src.runtime import add_runtime_args, csv_list, resolve_device, resolve_dtype
+from src.stage import Stage
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -28,8 +31,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--vec_dir", type=Path, required=True, help="data/vector/<model> or a shard")
     p.add_argument("--image_dir", type=Path, required=True, help="the image root")
-    p.add_argument("--model_name", required=True, choices=MODEL_NAMES)
-    p.add_argument("--vlm_id", help="hub id or path of the VLM (default: the adapter's)")
+    add_identity_args(p, model_flag="--model_name")
     p.add_argument("--mode", choices=MODES, required=True)
     p.add_argument("--level", type=float, nargs="+", required=True)
     p.add_argument("--out_dir", type=Path, default=Path("data/perturb_out"))
@@ -50,40 +52,61 @@ def level_name(level: float) -> str:
     return f"{level:g}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        if any(not 0.0 <= lv <= 1.0 for lv in args.level):
-            raise ValueError(f"--level values must be in [0, 1], got {args.level}")
-        device = resolve_device(args.device)
-        dtype = resolve_dtype(args.dtype, device)
-        dirs = shard_dirs(args.vec_dir, args.shards)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out_dir = args.out_dir / args.model_name / args.mode
-    if (
-        args.skip_existing
-        and is_complete(out_dir)
-        and all((out_dir / f"{d.name}.csv").exists() for d in dirs)
-    ):
-        print(f"  {out_dir}: every shard done, nothing to do")
-        return 0
-    adapter = load_adapter(args.model_name, args.vlm_id, device=device, dtype=dtype)
+def out_dir(args: argparse.Namespace) -> Path:
+    """<out_dir>/<model>/<mode>: the model named by the flag, else by the vectors' manifests."""
+    model = args.model or vector_identity(args.vec_dir, args.shards)["model"]
+    return perturb_captions_dir(args.out_dir, model, args.mode)
 
-    def at(level: float):
-        def variant(keys: list[str], posts: list[torch.Tensor], inputs: dict):
-            return [
-                perturb(p, args.mode, level, k, args.seed) for k, p in zip(keys, posts, strict=True)
-            ]
 
-        return variant
+def done(args: argparse.Namespace) -> bool:
+    folder = out_dir(args)
+    dirs = shard_dirs(args.vec_dir, args.shards)
+    return is_complete(folder) and all(caption_table(folder, d.name).exists() for d in dirs)
 
-    variants = {"original": stored} | {level_name(lv): at(lv) for lv in args.level}
+
+def perturbed_at(level: float, args: argparse.Namespace):
+    """A caption variant: every image's E_post perturbed at `level`, seeded by its key."""
+
+    def variant(keys: list[str], posts: list[torch.Tensor], inputs: dict):
+        return [
+            perturb(p, args.mode, level, k, args.seed) for k, p in zip(keys, posts, strict=True)
+        ]
+
+    return variant
+
+
+def tidy(wide: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
+    """One row per (image, level): the perturbed caption beside the original one."""
+    long = wide.melt(
+        id_vars=["shard", "key", "reference", "caption_original"],
+        value_vars=[f"caption_{level_name(lv)}" for lv in args.level],
+        var_name="level", value_name="caption",
+    )  # fmt: skip
+    long["level"] = long["level"].str.removeprefix("caption_").astype(float)
+    long.insert(2, "mode", args.mode)
+    return long
+
+
+def run(args: argparse.Namespace) -> int:
+    if any(not 0.0 <= lv <= 1.0 for lv in args.level):
+        raise UserError(f"--level values must be in [0, 1], got {args.level}")
+    device = resolve_device(args.device)
+    dirs = shard_dirs(args.vec_dir, args.shards)
+    adapter, ident = load_for_vectors(
+        args.vec_dir,
+        args.shards,
+        model=args.model,
+        vlm_id=args.vlm_id,
+        override=args.override_model,
+        device=device,
+        dtype=resolve_dtype(args.dtype, device),
+    )
+    args.model = ident["model"]
+    folder = out_dir(args)
+    variants = {"original": stored} | {level_name(lv): perturbed_at(lv, args) for lv in args.level}
     for d in dirs:
-        out = out_dir / f"{d.name}.csv"
+        out = caption_table(folder, d.name)
         if args.skip_existing and out.exists():
-            print(f"  {d.name}: {out} exists, skipped")
             continue
         rows = caption_shard(
             adapter,
@@ -97,27 +120,30 @@ def main(argv: list[str] | None = None) -> int:
             amp=args.amp,
             progress=not args.no_progress,
         )
-        wide = pd.DataFrame(rows)
-        tidy = wide.melt(
-            id_vars=["shard", "key", "reference", "caption_original"],
-            value_vars=[f"caption_{level_name(lv)}" for lv in args.level],
-            var_name="level", value_name="caption",
-        )  # fmt: skip
-        tidy["level"] = tidy["level"].str.removeprefix("caption_").astype(float)
-        tidy.insert(2, "mode", args.mode)
-        atomic_write(out, lambda tmp, df=tidy: df.to_csv(tmp, index=False))
-        changed = tidy.assign(same=tidy.caption == tidy.caption_original).groupby("level").same
-        summary = ", ".join(f"{lv:g}: {1 - s:.0%}" for lv, s in changed.mean().items())
-        print(f"  {d.name}: {len(wide)} images; captions changed at level {summary}")
-    write_manifest(
-        out_dir,
-        stage="eval_perturb",
-        model=adapter.describe(),
-        mode=args.mode,
-        levels=args.level,
-        args=vars(args),
-    )
+        long = tidy(pd.DataFrame(rows), args)
+        atomic_write(out, lambda tmp, df=long: df.to_csv(tmp, index=False))
+        changed = (long.caption != long.caption_original).groupby(long.level).mean()
+        summary = ", ".join(f"{lv:g}: {c:.0%}" for lv, c in changed.items())
+        print(f"  {d.name}: {len(rows)} images; captions changed at level {summary}")
+    write_manifest(folder, stage="eval_perturb", upstream=ident, model=adapter.describe(),
+                   mode=args.mode, levels=args.level, args=vars(args))  # fmt: skip
     return 0
+
+
+STAGE = Stage(
+    name="eval_perturb",
+    module=__name__,
+    parser=get_args_parser,
+    run=run,
+    inputs=lambda a: [a.vec_dir, a.image_dir],
+    outputs=lambda a: [a.out_dir],
+    done=done,
+    on_skip=lambda a: print(f"  {out_dir(a)}: every shard done, nothing to do"),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return STAGE.main(argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Stage: score eval_perturb's tables: BERTScore of each perturbed caption against the original
-caption and against the references (CLIPScore given a CLIP), summarised per model, mode and
-level with bootstrap CIs."""
+caption and against the references (CLIPScore given a CLIP; the NLL under mini given its
+vectors), summarised per model, mode and level with bootstrap CIs."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.data.io import atomic_write, is_complete, write_json_atomic, write_manifest
-from src.metrics.caption_tables import (
-    add_scorer_args,
-    build_scorers,
-    clip_scores,
-    nll_scores,
-    other_image_rows,
-    reference_scores,
-)
+from src.cli import add_fields, from_args
+from src.data.io import atomic_write, read_manifest, write_json_atomic, write_manifest
+from src.data.paths import perturb_captions_dir, summary_table
+from src.errors import InputMissing
+from src.metrics.caption_tables import other_image_rows, reference_scores
 from src.metrics.text import score_summary
+from src.models.scoring import Scorers, ScoringConfig, build_scorers
+from src.stage import Stage
+
+SCORE_PREFIXES = ("bertscore_", "clipscore_", "mini_nll_")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -29,74 +29,85 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--perturb_dir", type=Path, required=True, help="eval_perturb's --out_dir")
     p.add_argument("--out_dir", type=Path, required=True)
-    add_scorer_args(p)
+    add_fields(p, ScoringConfig)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    tables = sorted(args.perturb_dir.glob("*/*/*.csv"))
+def perturb_tables(perturb_dir: Path) -> list[Path]:
+    tables = sorted(perturb_captions_dir(perturb_dir, "*", "*").glob("*.csv"))
     if not tables:
-        print(
-            f"error: no <model>/<mode>/<shard>.csv tables under {args.perturb_dir}", file=sys.stderr
-        )
-        return 2
-    if args.skip_existing and is_complete(args.out_dir):
-        print(f"  {args.out_dir} is complete, nothing to do")
-        return 0
-    try:
-        bert, clip = build_scorers(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise InputMissing(f"no <model>/<mode>/<shard>.csv tables under {perturb_dir}")
+    return tables
+
+
+def score_table(path: Path, model: str, scorers: Scorers) -> pd.DataFrame:
+    df = pd.read_csv(path, keep_default_na=False)
+    bert, seed = scorers.bert, scorers.cfg.seed
+    df["bertscore_vs_original"] = bert(df["caption"].tolist(), df["caption_original"].tolist())[
+        "bertscore_f1"
+    ]
+    other = other_image_rows(df, seed)
+    if other is not None:  # chance level: clean captions of two different images
+        df["bertscore_vs_original_mismatched"] = bert(
+            df["caption_original"].tolist(), df["caption_original"].iloc[other].tolist()
+        )["bertscore_f1"]
+    df = reference_scores(df, ["caption"], bert, seed)
+    df = scorers.image_text(df, ["caption", "caption_original"])
+    df.insert(0, "model", model)
+    return df
+
+
+def run(args: argparse.Namespace) -> int:
+    tables = perturb_tables(args.perturb_dir)
+    scorers = build_scorers(from_args(ScoringConfig, args))
     scored = []
     for path in tables:
         model, mode = path.parent.parent.name, path.parent.name
-        target = args.out_dir / model / mode / path.name
-        if args.skip_existing and target.exists():
-            scored.append(pd.read_csv(target))
-            continue
-        df = pd.read_csv(path, keep_default_na=False)
-        df["bertscore_vs_original"] = bert(df["caption"].tolist(), df["caption_original"].tolist())[
-            "bertscore_f1"
-        ]
-        other = other_image_rows(df, args.seed)
-        if other is not None:  # chance level: clean captions of two different images
-            df["bertscore_vs_original_mismatched"] = bert(
-                df["caption_original"].tolist(), df["caption_original"].iloc[other].tolist()
-            )["bertscore_f1"]
-        df = reference_scores(df, ["caption"], bert, args.seed)
-        if clip is not None:
-            df = clip_scores(df, ["caption"], clip, args.image_dir)
-        if args.nll_vec_dir is not None:
-            df = nll_scores(df, ["caption", "caption_original"], args.nll_vec_dir,
-                            args.nll_model, args.device, args.seed)  # fmt: skip
-        df.insert(0, "model", model)
-        atomic_write(target, lambda tmp, df=df: df.to_csv(tmp, index=False))
+        target = perturb_captions_dir(args.out_dir, model, mode) / path.name
+        reuse = args.skip_existing and target.exists()
+        df = pd.read_csv(target) if reuse else score_table(path, model, scorers)
+        if not reuse:
+            atomic_write(target, lambda tmp, df=df: df.to_csv(tmp, index=False))
         scored.append(df)
     rows = pd.concat(scored, ignore_index=True)
-    cols = [c for c in rows.columns if c.startswith(("bertscore_", "clipscore_", "mini_nll_"))]
+    cols = [c for c in rows.columns if c.startswith(SCORE_PREFIXES)]
     rows["caption_changed"] = (rows["caption"] != rows["caption_original"]).astype(float)
-    summary = score_summary(
-        rows, ["model", "mode", "level"], [*cols, "caption_changed"], args.bootstrap, args.seed
+    by = ["model", "mode", "level"]
+    summary = score_summary(rows, by, [*cols, "caption_changed"], args.bootstrap, args.seed)
+    out = args.out_dir
+    atomic_write(summary_table(out), lambda tmp: summary.to_csv(tmp, index=False))
+    write_json_atomic(
+        summary_table(out, ".json"),
+        {"scorers": scorers.describe(), "scores": summary.to_dict("records")},
     )
-    atomic_write(args.out_dir / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
-    meta = {**bert.describe(), **(clip.describe() if clip else {"clipscore_model": None})}
-    write_json_atomic(args.out_dir / "summary.json", {"scorers": meta, "scores":
-                                                      summary.to_dict("records")})  # fmt: skip
+    upstream = {str(p.parent.relative_to(args.perturb_dir)):
+                (read_manifest(p.parent) or {}).get("upstream") for p in tables}  # fmt: skip
     write_manifest(
-        args.out_dir,
+        out,
         stage="score_perturb",
-        scorers=meta,
+        upstream=upstream,
+        scorers=scorers.describe(),
         args=vars(args),
         tables=[str(p.relative_to(args.perturb_dir)) for p in tables],
     )
     for r in summary[summary.score == "bertscore_vs_original"].itertuples():
-        print(
-            f"  {r.model} {r.mode} level {r.level:g}: BERTScore vs original {r.mean:.3f} "
-            f"[{r.ci_low:.3f}, {r.ci_high:.3f}] (n={r.n})"
-        )
+        print(f"  {r.model} {r.mode} level {r.level:g}: BERTScore vs original {r.mean:.3f} "
+              f"[{r.ci_low:.3f}, {r.ci_high:.3f}] (n={r.n})")  # fmt: skip
     return 0
+
+
+STAGE = Stage(
+    name="score_perturb",
+    module=__name__,
+    parser=get_args_parser,
+    run=run,
+    inputs=lambda a: [a.perturb_dir, *([a.nll_vec_dir] if a.nll_vec_dir else [])],
+    outputs=lambda a: [a.out_dir],
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return STAGE.main(argv)
 
 
 if __name__ == "__main__":

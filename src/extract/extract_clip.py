@@ -9,11 +9,13 @@ from pathlib import Path
 
 import torch
 
-from src.data.extraction import extract_shard
+from src.data.extraction import check_identity, extract_shard
 from src.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, list_images, select_shards
+from src.data.io import is_complete, portable, read_manifest
 from src.data.paths import reference_shard_dir
 from src.models.reference import OFFLINE_REFERENCES, load_reference
 from src.runtime import add_runtime_args, auto_workers, csv_list, resolve_device, resolve_dtype
+from src.stage import Stage
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -59,20 +61,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        shards = select_shards(args.root, args.shards, args.shard_index)
-        device = resolve_device(args.device)
-        dtype = resolve_dtype(args.dtype, device)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    identity = {"reference": args.model_id, "revision": args.revision, "pool": args.pool}
-    folders = [reference_shard_dir(args.out_dir, s) for s in shards]
-    if args.skip_existing and all((f / "manifest.json").exists() for f in folders):
-        print(f"[{args.model_id}] all {len(shards)} shards already complete in {args.out_dir}")
-        return 0
+def shards_of(args: argparse.Namespace) -> list[str]:
+    if args.shards and args.shard_index is None:
+        return list(args.shards)  # a job-array task: no listing
+    return select_shards(args.root, args.shards, args.shard_index)
+
+
+def identity(args: argparse.Namespace) -> dict:
+    return {"reference": portable(args.model_id), "revision": args.revision, "pool": args.pool}
+
+
+def done(args: argparse.Namespace) -> bool:
+    folders = [reference_shard_dir(args.out_dir, s) for s in shards_of(args)]
+    if not all(is_complete(f) for f in folders):
+        return False
+    for f in folders:
+        check_identity(f, read_manifest(f) or {}, identity(args))
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    shards = select_shards(args.root, args.shards, args.shard_index)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     t0 = time.perf_counter()
     ref = load_reference(
         args.model_id,
@@ -87,45 +98,43 @@ def main(argv: list[str] | None = None) -> int:
     def encode(inputs: dict, items: list) -> dict:
         return {"ref": list(ref.encode(inputs, items).unsqueeze(1).unbind(0))}  # (1, D) each
 
-    try:
-        for shard, folder in zip(shards, folders, strict=True):
-            with torch.inference_mode():
-                r = extract_shard(
-                    list_images(args.root, shard)[: args.max_images],
-                    folder,
-                    encode=encode,
-                    preprocess=ref.preprocessor,
-                    kinds=("ref",),
-                    batch_size=args.batch_size,
-                    num_workers=auto_workers(device)
-                    if args.num_workers is None
-                    else args.num_workers,
-                    save_every=args.save_every,
-                    save_dtype=torch.float32,
-                    skip_existing=args.skip_existing,
-                    identity=identity,
-                    manifest_fields={
-                        "stage": "extract_clip",
-                        "reference_info": ref.describe(),
-                        "image_root": str(args.root),
-                        "args": vars(args),
-                    },
-                    loader_kwargs={
-                        "min_side": args.min_image_side,
-                        "max_pixels": args.max_image_pixels,
-                    },
-                    progress=not args.no_progress,
-                )
-            dim = r.shapes["ref"]["dim"]
-            how = "reused" if r.reused else f"{r.seconds:.1f}s"
-            print(
-                f"  {shard}: {r.n_ok}/{r.n_images} embedded ({dim}-d), "
-                f"{len(r.skipped)} skipped ({how})"
-            )
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    workers = auto_workers(device) if args.num_workers is None else args.num_workers
+    for shard in shards:
+        with torch.inference_mode():
+            r = extract_shard(
+                list_images(args.root, shard)[: args.max_images],
+                reference_shard_dir(args.out_dir, shard),
+                encode=encode, preprocess=ref.preprocessor, kinds=("ref",),
+                batch_size=args.batch_size, num_workers=workers, save_every=args.save_every,
+                save_dtype=torch.float32, skip_existing=args.skip_existing,
+                identity=identity(args),
+                manifest_fields={"stage": "extract_clip", "reference_info": ref.describe(),
+                                 "image_root": args.root, "args": vars(args)},
+                loader_kwargs={"min_side": args.min_image_side,
+                               "max_pixels": args.max_image_pixels},
+                progress=not args.no_progress,
+            )  # fmt: skip
+        how = "reused" if r.reused else f"{r.seconds:.1f}s"
+        print(f"  {shard}: {r.n_ok}/{r.n_images} embedded ({r.shapes['ref']['dim']}-d), "
+              f"{len(r.skipped)} skipped ({how})")  # fmt: skip
     return 0
+
+
+STAGE = Stage(
+    name="extract_clip",
+    module=__name__,
+    parser=get_args_parser,
+    run=run,
+    inputs=lambda a: [a.root],
+    outputs=lambda a: [a.out_dir],
+    done=done,
+    shards=lambda a: [] if a.shard_index is not None else shards_of(a),
+    on_skip=lambda a: print(f"[{a.model_id}] every shard already complete in {a.out_dir}"),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return STAGE.main(argv)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from src.data.io import atomic_write, is_complete, write_json_atomic, write_manifest
-from src.data.paths import shard_dirs
+from src.data.identity import vector_identity
+from src.data.io import atomic_write, write_json_atomic, write_manifest
+from src.data.paths import knn_table_path, shard_dirs
 from src.data.vectors import check_aligned, iter_chunks, pool_chunk
+from src.errors import UserError
 from src.metrics.neighbors import (
     distance_correlation,
     knn,
@@ -30,8 +32,7 @@ from src.metrics.similarity import linear_cka_permutation_test, rbf_cka_permutat
 from src.metrics.spectra import dataset_spectra, token_spectra
 from src.metrics.stats import summarize
 from src.runtime import csv_list, resolve_device
-
-TABLES = ("knn", "distance_corr", "cka", "spectra")
+from src.stage import Stage
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -105,7 +106,7 @@ def _pool(chunk, pool: str) -> torch.Tensor:
     if pool != "none":
         return pool_chunk(chunk, pool)
     if chunk.lengths.numel() and (chunk.lengths != chunk.lengths[0]).any():
-        raise ValueError("--pool none needs the same token count for every image")
+        raise UserError("--pool none needs the same token count for every image")
     return chunk.vectors.float().reshape(len(chunk.keys), -1)
 
 
@@ -116,11 +117,11 @@ def load_pair(pre_dir: Path, post_dir: Path, shards, pool: str) -> tuple[Space, 
     post_dirs = {d.name: d for d in shard_dirs(post_dir, shards)}
     for d in pre_dirs:
         if d.name not in post_dirs:
-            raise ValueError(f"shard {d.name} has E_pre in {pre_dir} but no E_post in {post_dir}")
+            raise UserError(f"shard {d.name} has E_pre in {pre_dir} but no E_post in {post_dir}")
         pre_chunks = dict(iter_chunks(d, "pre"))
         post_chunks = dict(iter_chunks(post_dirs[d.name], "post"))
         if sorted(pre_chunks) != sorted(post_chunks):
-            raise ValueError(f"{d}: pre chunks {sorted(pre_chunks)} vs post {sorted(post_chunks)}")
+            raise UserError(f"{d}: pre chunks {sorted(pre_chunks)} vs post {sorted(post_chunks)}")
         for i in sorted(pre_chunks):
             check_aligned(pre_chunks[i], post_chunks[i], f"{d} chunk {i}")
             rows["keys"] += pre_chunks[i].keys
@@ -128,15 +129,15 @@ def load_pair(pre_dir: Path, post_dir: Path, shards, pool: str) -> tuple[Space, 
             rows["pre"].append(_pool(pre_chunks[i], pool))
             rows["post"].append(_pool(post_chunks[i], pool))
     if not rows["keys"]:
-        raise ValueError(f"no images in {pre_dir}")
+        raise UserError(f"no images in {pre_dir}")
     for kind in ("pre", "post"):
         x = torch.cat(rows[kind])
         bad = (~torch.isfinite(x).all(1)).nonzero().flatten().tolist()
         if bad:
             names = [f"{rows['shards'][i]}/{rows['keys'][i]}" for i in bad[:5]]
-            raise ValueError(f"E_{kind} of {len(bad)} image(s) holds NaN or Inf: {names}")
+            raise UserError(f"E_{kind} of {len(bad)} image(s) holds NaN or Inf: {names}")
     if len(set(zip(rows["shards"], rows["keys"], strict=True))) != len(rows["keys"]):
-        raise ValueError("duplicate (shard, key) rows in the vectors")
+        raise UserError("duplicate (shard, key) rows in the vectors")
     return (
         Space("pre", rows["keys"], rows["shards"], torch.cat(rows["pre"])),
         Space("post", rows["keys"], rows["shards"], torch.cat(rows["post"])),
@@ -153,7 +154,7 @@ def load_ref(name: str, folder: Path, like: Space, shards) -> tuple[Space, int]:
     rows = [(s, k) for s, k in zip(like.shards, like.keys, strict=True)]
     have = [r in found for r in rows]
     if not any(have):
-        raise ValueError(f"reference {name!r} at {folder} shares no image with the vectors")
+        raise UserError(f"reference {name!r} at {folder} shares no image with the vectors")
     x = torch.stack([found[r] for r, h in zip(rows, have, strict=True) if h])
     keep = torch.tensor(have)
     return Space(
@@ -288,39 +289,34 @@ def spectra_rows(
     return rows, per_image_df
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    if args.skip_existing and is_complete(args.out_dir):
-        print(f"{args.out_dir} is complete; nothing to do")
-        print_headline(pd.read_csv(args.out_dir / "knn.csv"), args.out_dir)
-        return 0
-    t0 = time.perf_counter()
-    try:
-        device = resolve_device(args.device)
-        pre, post = load_pair(args.pre_pt, args.post_pt, args.shards, args.pool)
-        refs, missing = {}, {}
-        for spec in args.ref:
-            name, sep, path = spec.partition(":")
-            if not sep or not name or not path:
-                raise ValueError(f"--ref expects NAME:PATH, got {spec!r}")
-            refs[name], missing[name] = load_ref(name, Path(path), pre, args.shards)
-        if min(args.k) < 1:
-            raise ValueError("--k values must be >= 1")
-        if pre.x.shape[0] <= min(args.k):
-            raise ValueError(f"N={pre.x.shape[0]} images but k={min(args.k)}: need N > k")
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def load_spaces(args: argparse.Namespace) -> tuple[Space, Space, dict[str, Space], dict]:
+    """Pooled E_pre, E_post and every --ref space; how many images each reference lacks."""
+    pre, post = load_pair(args.pre_pt, args.post_pt, args.shards, args.pool)
+    refs, missing = {}, {}
+    for spec in args.ref:
+        name, sep, path = spec.partition(":")
+        if not sep or not name or not path:
+            raise UserError(f"--ref expects NAME:PATH, got {spec!r}")
+        refs[name], missing[name] = load_ref(name, Path(path), pre, args.shards)
+    if min(args.k) < 1:
+        raise UserError("--k values must be >= 1")
+    if pre.x.shape[0] <= min(args.k):
+        raise UserError(f"N={pre.x.shape[0]} images but --k {min(args.k)}: need N > k")
+    return pre, post, refs, missing
 
+
+def space_pairs(pre: Space, post: Space, refs: dict[str, Space]) -> list[tuple[Space, Space]]:
+    """pre -> post, and each reference -> pre / post on the images the reference has."""
     pairs: list[tuple[Space, Space]] = [(pre, post)]
     for ref in refs.values():
-        keep = torch.tensor(
-            [
-                (s, k) in set(zip(ref.shards, ref.keys, strict=True))
-                for s, k in zip(pre.shards, pre.keys, strict=True)
-            ]
-        )
+        have = set(zip(ref.shards, ref.keys, strict=True))
+        keep = torch.tensor([r in have for r in zip(pre.shards, pre.keys, strict=True)])
         pairs += [(ref, subset(pre, keep)), (ref, subset(post, keep))]
+    return pairs
+
+
+def geometry_tables(pairs: list[tuple[Space, Space]], args, device) -> dict[str, pd.DataFrame]:
+    """The kNN, CKA and distance-correlation tables over every pair of spaces."""
     knn_table, cka_table, dc_table = [], [], []
     cache: dict = {}
     for a, b in tqdm(pairs, desc="pairs", disable=args.no_progress):
@@ -330,45 +326,57 @@ def main(argv: list[str] | None = None) -> int:
         rows, dc = similarity_rows(a, b, args, device)
         cka_table += rows
         dc_table.append(dc)
-    spaces = {"pre": pre, "post": post, **{f"ref:{n}": r for n, r in refs.items()}}
-    spec_table, per_image = spectra_rows(args.pre_pt, args.post_pt, spaces, args)
+    return {"knn": pd.DataFrame(knn_table), "cka": pd.DataFrame(cka_table),
+            "distance_corr": pd.DataFrame(dc_table)}  # fmt: skip
 
-    out = args.out_dir
-    tables = {
-        "knn": pd.DataFrame(knn_table),
-        "cka": pd.DataFrame(cka_table),
-        "distance_corr": pd.DataFrame(dc_table),
-        "spectra": pd.DataFrame(spec_table),
-    }
-    for name, df in tables.items():
-        atomic_write(out / f"{name}.csv", lambda tmp, df=df: df.to_csv(tmp, index=False))
+
+def run(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    device = resolve_device(args.device)
+    upstream = vector_identity(args.post_pt, args.shards)
+    pre, post, refs, missing = load_spaces(args)
+    tables = geometry_tables(space_pairs(pre, post, refs), args, device)
+    spaces = {"pre": pre, "post": post, **{f"ref:{n}": r for n, r in refs.items()}}
+    spec_rows, per_image = spectra_rows(args.pre_pt, args.post_pt, spaces, args)
+    tables["spectra"] = pd.DataFrame(spec_rows)
     if args.svd_per_image_csv:
-        atomic_write(out / "spectra_per_image.csv", lambda tmp: per_image.to_csv(tmp, index=False))
+        tables["spectra_per_image"] = per_image
+    out = args.out_dir
+    for name, df in tables.items():
+        atomic_write(knn_table_path(out, name), lambda tmp, df=df: df.to_csv(tmp, index=False))
     summary = {
         "n_images": pre.x.shape[0], "shards": sorted(set(pre.shards)),
         "references": {n: {"n": r.x.shape[0], "missing": missing[n]} for n, r in refs.items()},
-        "knn": knn_table, "cka": cka_table, "distance_corr": dc_table,
+        **{t: tables[t].to_dict("records") for t in ("knn", "cka", "distance_corr")},
         "seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
     write_json_atomic(out / "summary.json", summary)
-    write_manifest(
-        out,
-        stage="extract_knn",
-        pre=str(args.pre_pt),
-        post=str(args.post_pt),
-        refs=args.ref,
-        args=vars(args),
-        tables=[f"{t}.csv" for t in tables],
-        n_images=pre.x.shape[0],
-        device=str(device),
-    )
+    names = [knn_table_path(out, t).name for t in tables]
+    write_manifest(out, stage="extract_knn", upstream=upstream, pre=args.pre_pt,
+                   post=args.post_pt, refs=args.ref, args=vars(args), n_images=pre.x.shape[0],
+                   tables=names, device=str(device))  # fmt: skip
     print_headline(tables["knn"], out, tables["cka"])
     return 0
 
 
+STAGE = Stage(
+    name="extract_knn",
+    module=__name__,
+    parser=get_args_parser,
+    run=run,
+    inputs=lambda a: [a.pre_pt, a.post_pt, *(Path(r.partition(":")[2]) for r in a.ref)],
+    outputs=lambda a: [a.out_dir],
+    on_skip=lambda a: print_headline(pd.read_csv(knn_table_path(a.out_dir, "knn")), a.out_dir),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return STAGE.main(argv)
+
+
 def print_headline(knn_df: pd.DataFrame, out: Path, cka_df: pd.DataFrame | None = None) -> None:
-    if cka_df is None and (out / "cka.csv").exists():
-        cka_df = pd.read_csv(out / "cka.csv")
+    if cka_df is None and knn_table_path(out, "cka").exists():
+        cka_df = pd.read_csv(knn_table_path(out, "cka"))
     print(f"geometry ({out}): kNN overlap mean [95% CI] vs chance")
     for r in knn_df[knn_df["scope"] == "global"].itertuples():
         print(

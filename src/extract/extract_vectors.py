@@ -11,8 +11,9 @@ import torch
 
 from src.data.extraction import ShardResult, check_identity, extract_shard
 from src.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, list_images, select_shards
-from src.data.io import is_complete, read_manifest
+from src.data.io import is_complete, portable, read_manifest
 from src.data.paths import vector_shard_dir
+from src.errors import UserError
 from src.models import MODEL_NAMES, adapter_class, load_adapter
 from src.models.base import VLMAdapter
 from src.runtime import (
@@ -24,6 +25,7 @@ from src.runtime import (
     resolve_device,
     resolve_dtype,
 )
+from src.stage import Stage
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -91,7 +93,12 @@ def extract_model(
         return {"pre": out.pre, "post": out.post}
 
     save_dtype = None if args.save_dtype == "same" else DTYPES[args.save_dtype]
-    identity = {"model": name, "model_id": adapter.model_id, "revision": adapter.revision}
+    identity = {
+        "model": name,
+        "model_id": portable(adapter.model_id),
+        "revision": adapter.revision,
+        "hook_point": adapter.hook_point,
+    }
     workers = auto_workers(adapter.device) if args.num_workers is None else args.num_workers
     results = []
     for shard in shards:
@@ -112,7 +119,7 @@ def extract_model(
                 manifest_fields={
                     "stage": "extract_vectors",
                     "model_info": adapter.describe(),
-                    "image_root": str(args.root),
+                    "image_root": args.root,
                     "pooling": "none (all tokens stored)",
                     "args": vars(args),
                 },
@@ -161,63 +168,98 @@ def print_summary(name: str, results: list[ShardResult], load_s: float) -> None:
         print(f"  {computed / secs:.1f} images/s over the shards computed now")
 
 
-def run_model(
-    name: str,
-    shards: list[str],
-    model_id: str | None,
-    revision: str | None,
-    device: torch.device,
-    dtype: torch.dtype,
-    args: argparse.Namespace,
-) -> None:
-    folders = [vector_shard_dir(args.out_dir, name, s) for s in shards]
-    if args.skip_existing and all(is_complete(f) for f in folders):
-        # Nothing to compute: report from the manifests without loading the model.
-        expected = {"model": name, "model_id": model_id or adapter_class(name).default_model_id}
-        for f in folders:
-            check_identity(f, read_manifest(f) or {}, expected)
-        print_summary(name, [reused_result(args.out_dir, name, s) for s in shards], 0.0)
-        return
-    t0 = time.perf_counter()
-    adapter = load_adapter(
-        name,
-        model_id,
-        device=device,
-        dtype=dtype,
-        revision=revision,
-        trust_remote_code=args.trust_remote_code,
-    )
-    load_s = time.perf_counter() - t0
-    with torch.inference_mode():
-        results = extract_model(adapter, name, shards, args)
-    print_summary(name, results, load_s)
-    del adapter
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+def model_names(args: argparse.Namespace) -> list[str]:
+    names = list(MODEL_NAMES) if args.models == ["all"] else args.models
+    unknown = sorted(set(names) - set(MODEL_NAMES))
+    if unknown:
+        known = ", ".join(MODEL_NAMES)
+        raise UserError(f"--models: unknown model(s) {unknown}; registered: {known}")
+    return names
+
+
+def shards_of(args: argparse.Namespace) -> list[str]:
+    """The shards this run covers: --shards as given (a job-array task, no listing), else the
+    image root's (--shard_index picks one)."""
+    if args.shards and args.shard_index is None:
+        return list(args.shards)
+    return select_shards(args.root, args.shards, args.shard_index)
+
+
+def expected_identity(name: str, args: argparse.Namespace) -> dict:
+    """What the manifests of finished shards must say for them to be reused."""
+    ids = parse_assignments(args.model_id, "--model_id")
+    revisions = parse_assignments(args.revision, "--revision")
+    return {
+        "model": name,
+        "model_id": portable(ids.get(name) or adapter_class(name).default_model_id),
+        "revision": revisions.get(name),
+    }
+
+
+def done(args: argparse.Namespace) -> bool:
+    """Every (model, shard) folder complete, made by the model asked for (else UserError)."""
+    shards = shards_of(args)
+    for name in model_names(args):
+        expected = expected_identity(name, args)
+        for s in shards:
+            folder = vector_shard_dir(args.out_dir, name, s)
+            if not is_complete(folder):
+                return False
+            check_identity(folder, read_manifest(folder) or {}, expected)
+    return True
+
+
+def report_reused(args: argparse.Namespace) -> None:
+    for name in model_names(args):
+        print_summary(name, [reused_result(args.out_dir, name, s) for s in shards_of(args)], 0.0)
+
+
+def run(args: argparse.Namespace) -> int:
+    shards = select_shards(args.root, args.shards, args.shard_index)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    for name in model_names(args):
+        identity = expected_identity(name, args)
+        folders = [vector_shard_dir(args.out_dir, name, s) for s in shards]
+        if args.skip_existing and all(is_complete(f) for f in folders):
+            for f in folders:  # nothing to compute: check and report without loading the model
+                check_identity(f, read_manifest(f) or {}, identity)
+            print_summary(name, [reused_result(args.out_dir, name, s) for s in shards], 0.0)
+            continue
+        t0 = time.perf_counter()
+        adapter = load_adapter(name, parse_assignments(args.model_id, "--model_id").get(name),
+                               device=device, dtype=dtype, revision=identity["revision"],
+                               trust_remote_code=args.trust_remote_code)  # fmt: skip
+        load_s = time.perf_counter() - t0
+        with torch.inference_mode():
+            results = extract_model(adapter, name, shards, args)
+        print_summary(name, results, load_s)
+        del adapter
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return 0
+
+
+def _array_shards(args: argparse.Namespace) -> list[str]:
+    # one shard asked for (--shard_index): one job, no array
+    return [] if args.shard_index is not None else shards_of(args)
+
+
+STAGE = Stage(
+    name="extract_vectors",
+    module=__name__,
+    parser=get_args_parser,
+    run=run,
+    inputs=lambda a: [a.root],
+    outputs=lambda a: [a.out_dir / name for name in model_names(a)],
+    done=done,
+    shards=_array_shards,
+    on_skip=report_reused,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        names = list(MODEL_NAMES) if args.models == ["all"] else args.models
-        unknown = sorted(set(names) - set(MODEL_NAMES))
-        if unknown:
-            raise ValueError(f"unknown model(s) {unknown}; registered: {', '.join(MODEL_NAMES)}")
-        ids = parse_assignments(args.model_id, "--model_id")
-        revisions = parse_assignments(args.revision, "--revision")
-        shards = select_shards(args.root, args.shards, args.shard_index)
-        device = resolve_device(args.device)
-        dtype = resolve_dtype(args.dtype, device)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        for name in names:
-            run_model(name, shards, ids.get(name), revisions.get(name), device, dtype, args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return STAGE.main(argv)
 
 
 if __name__ == "__main__":

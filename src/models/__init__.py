@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from src.errors import UserError
 from src.models.base import VLMAdapter
 
 # Module paths rather than classes, so that importing the registry does not import every family.
@@ -24,7 +27,7 @@ def adapter_class(name: str) -> type[VLMAdapter]:
     try:
         module_name, cls_name = _REGISTRY[name].split(":")
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; registered: {', '.join(MODEL_NAMES)}") from None
+        raise UserError(f"unknown model {name!r}; registered: {', '.join(MODEL_NAMES)}") from None
     return getattr(importlib.import_module(module_name), cls_name)
 
 
@@ -46,3 +49,35 @@ def load_adapter(
         revision=revision,
         trust_remote_code=trust_remote_code,
     )
+
+
+def load_for_vectors(
+    vec_dir: Path,
+    shards: list[str] | None = None,
+    *,
+    model: str | None = None,
+    vlm_id: str | None = None,
+    override: bool = False,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[VLMAdapter, dict[str, Any]]:
+    """The adapter that made the vectors in `vec_dir` (name, id, revision from their manifests),
+    and that identity. `model` / `vlm_id` (the user's flags) must agree unless `override`."""
+    from src.data.identity import check_flags, vector_identity
+    from src.data.io import local_path, portable
+
+    found = vector_identity(vec_dir, shards)
+    ident = check_flags(
+        found,
+        vec_dir,
+        flags={"model": ("--embed_model", model), "model_id": ("--vlm_id", portable(vlm_id))},
+        override=override,
+    )
+    adapter = load_adapter(ident["model"], str(local_path(ident["model_id"])), device=device,
+                           dtype=dtype, revision=ident["revision"])  # fmt: skip
+    if found.get("hook_point") not in (None, adapter.hook_point):
+        raise UserError(
+            f"{vec_dir} was extracted at hook point {found['hook_point']!r}, but the "
+            f"{ident['model']} adapter hooks {adapter.hook_point!r}: re-extract the vectors"
+        )
+    return adapter, ident

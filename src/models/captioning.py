@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from src.data.images import list_images, load_image
 from src.data.vectors import iter_chunks
+from src.errors import UserError
 from src.models.base import VLMAdapter
 
 # variant(keys, stored E_post per image, model inputs) -> E_post to caption from, per image
@@ -64,11 +65,14 @@ def caption_shard(
     for keys, posts in iter_batches(shard_dir, batch_size, limit):
         missing = [k for k in keys if k not in records]
         if missing:
-            raise ValueError(f"images {missing[:3]} of {shard_dir} are not in {image_root}/{shard}")
+            raise UserError(
+                f"images {missing[:3]} of {shard_dir} are not in {image_root}/{shard}: point "
+                "--image_dir at the images the vectors were made from"
+            )
         loaded = [load_image(records[k]) for k in keys]
         bad = [(k, it.error) for k, it in zip(keys, loaded, strict=True) if it.image is None]
         if bad:
-            raise ValueError(f"{image_root}/{shard}: cannot read {bad[0][0]} ({bad[0][1]})")
+            raise UserError(f"{image_root}/{shard}: cannot read {bad[0][0]} ({bad[0][1]})")
         inputs = adapter.preprocessor([it.image for it in loaded], prompt)
         out = {}
         with torch.inference_mode(), autocast:

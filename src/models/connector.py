@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from src.data.io import atomic_write, write_json_atomic
+from src.errors import UserError
 
 WEIGHTS_NAME = "connector.safetensors"
 CONFIG_NAME = "config.json"
@@ -66,7 +67,7 @@ def load_connector(folder: Path) -> MLPConnector:
     folder = Path(folder)
     cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not cfg_path.exists() or not w_path.exists():
-        raise FileNotFoundError(
+        raise UserError(
             f"{folder} is not a connector folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})"
         )
     config = ConnectorConfig(**json.loads(cfg_path.read_text(encoding="utf-8")))
@@ -75,5 +76,5 @@ def load_connector(folder: Path) -> MLPConnector:
     try:
         connector.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"{w_path} does not match its {CONFIG_NAME}: {e}") from None
+        raise UserError(f"{w_path} does not match its {CONFIG_NAME}: {e}") from None
     return connector

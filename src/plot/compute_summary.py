@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from src.plotting.summary import write_summary
-from src.plotting.tables import MissingResults
+from src.data.paths import summary_table
+from src.reporting.summary import write_summary
+from src.stage import Stage
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -22,17 +23,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        table, notes, csv = write_summary(args.results, args.out)
-    except MissingResults as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    table, notes, csv = write_summary(args.results, args.out)
     for n in notes:
         print(f"  note: {n}")
     print(f"  {csv}: {len(table)} numbers from {args.results}")
     return 0
+
+
+STAGE = Stage(
+    name="compute_summary",
+    module=__name__,
+    parser=get_args_parser,
+    run=run,
+    inputs=lambda a: [a.results],
+    outputs=lambda a: [summary_table(a.out)],
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return STAGE.main(argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 from src.data.io import MANIFEST_NAME
-from src.plotting.tables import input_tables
+from src.errors import UserError
+from src.reporting.tables import input_tables
+from src.stage import Stage
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -29,12 +31,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     files = [p for p in input_tables(args.results) if p.name not in args.exclude]
     if not files:
-        print(f"error: no result tables under {args.results}", file=sys.stderr)
-        return 2
+        raise UserError(f"no result tables under {args.results} (--results)")
     files += sorted(
         {p.parent / MANIFEST_NAME for p in files if (p.parent / MANIFEST_NAME).exists()}
     )
@@ -49,6 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"  {len(files)} files ({size / 1e6:.1f} MB) from {args.results} in {args.out}")
     return 0
+
+
+STAGE = Stage(
+    name="export_sample",
+    module=__name__,
+    parser=get_args_parser,
+    run=run,
+    inputs=lambda a: [a.results],
+    outputs=lambda a: [a.out],
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return STAGE.main(argv)
 
 
 if __name__ == "__main__":

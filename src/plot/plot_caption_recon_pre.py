@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from src.plotting.cli import add_plot_args, run_plot
-from src.plotting.figures import caption_recon_pre_plot
+from src.plot.common import add_plot_args, draw, plot_stage
+from src.reporting.figures import caption_recon_pre_plot
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -21,9 +21,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run(args: argparse.Namespace) -> int:
+    return draw(lambda: caption_recon_pre_plot(args.results, args.models), args)
+
+
+STAGE = plot_stage(__name__, get_args_parser, run, figure=lambda a: "caption_recon_pre")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    return run_plot(lambda: caption_recon_pre_plot(args.results, args.models), args)
+    return STAGE.main(argv)
 
 
 if __name__ == "__main__":

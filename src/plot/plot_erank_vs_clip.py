@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from src.plotting.cli import add_plot_args, run_plot
-from src.plotting.figures import MEASURE_NAMES, erank_vs_ref_plot
+from src.plot.common import add_plot_args, draw, plot_stage
+from src.reporting.figures import MEASURE_NAMES, erank_vs_ref_plot
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -23,12 +23,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    return run_plot(
+def run(args: argparse.Namespace) -> int:
+    return draw(
         lambda: erank_vs_ref_plot(args.results, args.models, args.k, args.measure, args.variant),
         args,
     )
+
+
+STAGE = plot_stage(__name__, get_args_parser, run, figure=lambda a: "erank_vs_ref")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return STAGE.main(argv)
 
 
 if __name__ == "__main__":

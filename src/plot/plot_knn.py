@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from src.plotting.cli import add_plot_args, run_plot
-from src.plotting.figures import knn_plot
+from src.plot.common import add_plot_args, draw, plot_stage
+from src.reporting.figures import knn_plot
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -19,9 +19,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run(args: argparse.Namespace) -> int:
+    return draw(lambda: knn_plot(args.results, args.models), args)
+
+
+STAGE = plot_stage(__name__, get_args_parser, run, figure=lambda a: "knn")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    return run_plot(lambda: knn_plot(args.results, args.models), args)
+    return STAGE.main(argv)
 
 
 if __name__ == "__main__":

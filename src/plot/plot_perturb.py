@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from src.plotting.cli import add_plot_args, run_plot
-from src.plotting.figures import LEVEL_AXIS, perturb_plot
+from src.plot.common import add_plot_args, draw, plot_stage
+from src.reporting.figures import LEVEL_AXIS, perturb_plot
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -21,9 +21,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run(args: argparse.Namespace) -> int:
+    return draw(lambda: perturb_plot(args.results, args.perturb, args.models), args)
+
+
+STAGE = plot_stage(__name__, get_args_parser, run, figure=lambda a: f"perturb_{a.perturb}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    return run_plot(lambda: perturb_plot(args.results, args.perturb, args.models), args)
+    return STAGE.main(argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Command: write the sample data (offline photos + synthetic scenes), deterministically."""
+"""Stage: write the sample data (offline photos + synthetic scenes), deterministically."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from pathlib import Path
 
 from src.data.io import read_manifest, write_manifest
 from src.data.sample import PHOTO_SHARD, file_count, write_photos, write_scenes
+from src.errors import UserError
+from src.stage import Stage
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m src.data.make_sample",
+        prog="python -m src.extract.make_sample",
         description="Write the sample images: the colour photos that scikit-image and "
         "scikit-learn ship (captions from sample/photo_captions) into <out>/photos, and "
         "captioned synthetic scenes (with <stem>.json labels) into <out>/synth_XX. Same "
@@ -41,24 +43,16 @@ def is_sample_complete(args: argparse.Namespace) -> bool:
     return (read_manifest(args.out) or {}).get("sample") == sample_record(args)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     if args.n_scenes < 0 or args.shards < 1 or args.size < 32:
-        print("error: need --n_scenes >= 0, --shards >= 1, --size >= 32", file=sys.stderr)
-        return 2
-    if is_sample_complete(args):
-        print(f"sample data in {args.out}: complete (manifest.json), nothing to do")
-        return 0
+        raise UserError("need --n_scenes >= 0, --shards >= 1, --size >= 32")
     t0 = time.perf_counter()
     if not args.no_photos:
         write_photos(args.out)
     if not args.no_scenes and args.n_scenes:
         write_scenes(args.out, args.n_scenes, args.shards, args.size, args.seed)
-    counts = (
-        {p.name: file_count(p) for p in sorted(args.out.iterdir()) if p.is_dir()}
-        if args.out.is_dir()
-        else {}
-    )
+    folders = sorted(p for p in args.out.iterdir() if p.is_dir()) if args.out.is_dir() else []
+    counts = {p.name: file_count(p) for p in folders}
     shown = ", ".join(f"{k} {v}" for k, v in counts.items())
     print(f"sample data in {args.out}: {shown} images ({time.perf_counter() - t0:.1f}s)")
     if not args.no_photos and not counts.get(PHOTO_SHARD):
@@ -66,6 +60,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.is_dir():
         write_manifest(args.out, stage="make_sample", sample=sample_record(args), counts=counts)
     return 0
+
+
+STAGE = Stage(
+    name="make_sample",
+    module=__name__,
+    parser=get_args_parser,
+    run=run,
+    outputs=lambda a: [a.out],
+    done=is_sample_complete,
+    skip_flag=False,  # same arguments, same bytes: a finished folder is never redone
+    on_skip=lambda a: print(f"sample data in {a.out}: complete (manifest.json), nothing to do"),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return STAGE.main(argv)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ from src.data.paths import (
     recon_table,
     scored_dir,
 )
+from src.errors import InputMissing
 
 
-class MissingResults(FileNotFoundError):
+class MissingResults(InputMissing):
     """A table a plot needs is not in the results folder (the message says which stage makes it)."""
 
 

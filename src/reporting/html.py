@@ -6,12 +6,16 @@ import html
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from src.data.io import code_version, fingerprint, read_manifest, write_text_atomic
-from src.plotting.figures import Plot
-from src.plotting.tables import input_tables
+from src.data.paths import report_path
+from src.reporting.tables import input_tables
+
+if TYPE_CHECKING:  # figures import matplotlib; the launcher reads report_is_current without it
+    from src.reporting.figures import Plot
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1180px; margin: 2em auto; padding: 0 1em;
@@ -24,11 +28,6 @@ th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 th { background: #f4f4f4; } td:nth-child(-n+4) { text-align: left; }
 .meta { color: #666; font-size: 0.9em; } .note { color: #a33; }
 """
-
-
-def report_path(figures: Path) -> Path:
-    """<figures>/report.html"""
-    return Path(figures) / "report.html"
 
 
 def inputs_fingerprint(results: Path) -> str | None:

@@ -16,8 +16,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from src.data.io import atomic_write
+from src.data.paths import figure_png, figure_values
 from src.metrics.stats import bootstrap_spearman
-from src.plotting import tables
+from src.reporting import tables
 
 CHANCE_STYLE = dict(color="0.35", linestyle="--", linewidth=1.0)
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
@@ -615,13 +616,13 @@ def perturb_plot(results: Path, mode: str, models: list[str] | None = None) -> P
 
 
 def save_plot(plot: Plot, figures: Path, out: Path, dpi: int = 130) -> tuple[Path, Path]:
-    """<figures>/<name>.png and <out>/<name>.csv, both written atomically."""
+    """<figures>/<name>.png and <out>/plots/<name>.csv, both written atomically."""
     png = atomic_write(
-        Path(figures) / f"{plot.name}.png",
+        figure_png(figures, plot.name),
         lambda tmp: plot.figure.savefig(tmp, dpi=dpi, format="png"),
     )
     csv = atomic_write(
-        Path(out) / f"{plot.name}.csv", lambda tmp: plot.data.to_csv(tmp, index=False)
+        figure_values(out, plot.name), lambda tmp: plot.data.to_csv(tmp, index=False)
     )
     return png, csv
 

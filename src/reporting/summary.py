@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.data.paths import recon_results_dir, recon_table
-from src.plotting import tables
-from src.plotting.figures import space_label
+from src.data.paths import recon_results_dir, recon_table, summary_table
+from src.reporting import tables
+from src.reporting.figures import space_label
 
 COLUMNS = [
     "section",
@@ -28,11 +28,6 @@ COLUMNS = [
     "reference_kind",
     "n",
 ]
-
-
-def summary_paths(out: Path) -> tuple[Path, Path]:
-    """<out>/summary.csv and <out>/summary.json: compute_summary writes them, the report reads."""
-    return Path(out) / "summary.csv", Path(out) / "summary.json"
 
 
 def _pair(a: str, b: str) -> str:
@@ -251,7 +246,7 @@ def write_summary(results: Path, out: Path) -> tuple[pd.DataFrame, list[str], Pa
     from src.data.io import atomic_write, write_json_atomic
 
     table, notes = compute_summary(results)
-    csv, js = summary_paths(out)
+    csv, js = summary_table(out), summary_table(out, ".json")
     atomic_write(csv, lambda tmp: table.to_csv(tmp, index=False))
     write_json_atomic(
         js, {"results": str(results), "missing": notes, "rows": table.to_dict("records")}

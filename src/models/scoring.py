@@ -1,0 +1,116 @@
+"""The caption scorers both scoring stages use: their settings (one dataclass, which also makes
+the flags), their construction, and the inputs each needs (images for CLIPScore, stored E_post
+and the model that made it for the NLL score)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+
+from src.data.images import list_images, load_image
+from src.data.paths import shard_dirs
+from src.data.vectors import iter_chunks
+from src.errors import UserError
+from src.metrics.caption_tables import clip_scores, nll_scores
+from src.metrics.text import BertScorer, ClipScorer
+
+
+@dataclass
+class ScoringConfig:
+    image_dir: Path | None = field(
+        default=None, metadata={"help": "image root (needed for CLIPScore)"}
+    )
+    clip_model: str | None = field(
+        default=None, metadata={"help": "CLIP hub id or path for CLIPScore (none ships offline)"}
+    )
+    clip_variant: Literal["torchmetrics", "hessel"] = field(
+        default="torchmetrics",
+        metadata={"help": "torchmetrics: max(100 cos, 0); hessel: 2.5 max(cos, 0), prefixed"},
+    )
+    bertscore_model: str = field(
+        default="", metadata={"help": "bert-score backbone (default: the offline all-MiniLM-L6-v2)"}
+    )
+    bertscore_layers: int = field(default=6, metadata={"help": "layer bert-score reads"})
+    idf: bool = field(default=False, metadata={"help": "idf weighting from the references"})
+    rescale: bool = field(default=False, metadata={"help": "baseline rescaling (hub models)"})
+    batch_size: int = field(default=64, metadata={"help": "captions per scorer batch"})
+    bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the CIs"})
+    seed: int = field(default=0, metadata={"help": "seeds the bootstrap and mismatched pairs"})
+    device: str = field(default="cpu", metadata={"help": "where the scorers run"})
+    nll_vec_dir: Path | None = field(
+        default=None,
+        metadata={
+            "help": "an image-text score that exists offline: the caption's mean token NLL "
+            "under `mini` given the image's stored E_post (data/vector/mini; the model is the "
+            "one its manifests name); lower fits better"
+        },
+    )
+    nll_model: str | None = field(
+        default=None, metadata={"help": "mini connector folder for the NLL (checked)"}
+    )
+    skip_existing: bool = field(default=False, metadata={"help": "keep finished tables"})
+
+
+@dataclass
+class Scorers:
+    bert: BertScorer
+    clip: ClipScorer | None
+    cfg: ScoringConfig
+
+    def describe(self) -> dict[str, Any]:
+        clip = self.clip.describe() if self.clip else {"clipscore_model": None}
+        return {**self.bert.describe(), **clip}
+
+    def image_text(self, df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+        """The image-text scores that are configured: CLIPScore, the NLL under mini."""
+        if self.clip is not None:
+            assert self.cfg.image_dir is not None  # build_scorers checked it
+            df = clip_scores(df, columns, self.clip, table_images(df, self.cfg.image_dir))
+        if self.cfg.nll_vec_dir is not None:
+            adapter = nll_model(self.cfg.nll_vec_dir, self.cfg.nll_model, self.cfg.device)
+            post = stored_post(self.cfg.nll_vec_dir, sorted(df["shard"].unique()))
+            df = nll_scores(df, columns, post, adapter, self.cfg.seed)
+        return df
+
+
+def build_scorers(cfg: ScoringConfig) -> Scorers:
+    """BERTScore always; CLIPScore only with a CLIP (none ships offline)."""
+    if cfg.clip_model and not cfg.image_dir:
+        raise UserError("--clip_model needs --image_dir (the images to score against)")
+    bert = BertScorer(cfg.bertscore_model, cfg.bertscore_layers, cfg.idf, cfg.rescale,
+                      cfg.batch_size)  # fmt: skip
+    if not cfg.clip_model:
+        print("note: no --clip_model, so no CLIPScore (no CLIP ships offline)")
+        return Scorers(bert, None, cfg)
+    return Scorers(bert, ClipScorer(cfg.clip_model, variant=cfg.clip_variant,
+                                    device=cfg.device), cfg)  # fmt: skip
+
+
+def table_images(df: pd.DataFrame, image_dir: Path) -> list:
+    """The image of each row (shard, key) of a caption table, decoded as the stages do."""
+    records = {(r.shard, r.key): r for s in df["shard"].unique() for r in list_images(image_dir, s)}
+    rows = zip(df["shard"], df["key"], strict=True)
+    return [load_image(records[row]).image for row in rows]
+
+
+def stored_post(vec_dir: Path, shards: list[str]) -> dict[tuple[str, str], torch.Tensor]:
+    """(shard, key) -> E_post (T, D) of those shards of a vector folder."""
+    post: dict[tuple[str, str], torch.Tensor] = {}
+    for d in shard_dirs(vec_dir, shards):
+        for _, chunk in iter_chunks(d, "post"):
+            post.update({(d.name, k): v for k, v in chunk.by_key().items()})
+    return post
+
+
+@cache
+def nll_model(vec_dir: Path, model_id: str | None, device: str):
+    """The `mini` that made the vectors, loaded once per process (score_perturb scores one
+    table per model and mode)."""
+    from src.models import load_for_vectors
+
+    return load_for_vectors(vec_dir, model="mini", vlm_id=model_id, device=device)[0]
