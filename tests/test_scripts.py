@@ -103,7 +103,8 @@ def test_setup_file_is_sourced(fake_python, tmp_path):
 def test_every_stage_has_a_wrapper():
     from src.launch import stage_modules
 
-    # every stage has one; the single-figure plot stages are covered by the report's (plots.sh)
+    # every stage has one; the plot stages are covered by the report's (plots.sh), which
+    # draws every figure and the summary
     stages = [
         m for m, _ in stage_modules() if not m.startswith("src.plot.") or m.endswith("report")
     ]
