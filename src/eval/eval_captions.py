@@ -16,10 +16,10 @@ from src.data.paths import caption_table, shard_dirs
 from src.errors import UserError
 from src.metrics.caption_tables import bertscore_columns
 from src.metrics.text import BertScorer
-from src.models import load_for_vectors
+from src.models import load_for_stage
 from src.models.base import DEFAULT_PROMPT, VLMAdapter
 from src.models.captioning import caption_shard, stored
-from src.runtime import add_runtime_args, csv_list, resolve_device, resolve_dtype
+from src.runtime import add_runtime_args, csv_list
 from src.stage import Stage
 from src.training.recon import STATS_NAME, NormStats, load_recon, reconstruct
 
@@ -90,17 +90,8 @@ def recon_variant(adapter: VLMAdapter, ident: dict, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
     dirs = shard_dirs(args.vec_dir, args.shards)
-    adapter, ident = load_for_vectors(
-        args.vec_dir,
-        args.shards,
-        model=args.model,
-        vlm_id=args.vlm_id,
-        override=args.override_model,
-        device=device,
-        dtype=resolve_dtype(args.dtype, device),
-    )
+    adapter, ident = load_for_stage(args)
     variants = {"post": stored}
     if args.compare_post_vs_recon:
         variants["recon"] = recon_variant(adapter, ident, args)

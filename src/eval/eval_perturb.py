@@ -14,11 +14,11 @@ from src.data.identity import add_identity_args, vector_identity
 from src.data.io import atomic_write, is_complete, write_manifest
 from src.data.paths import caption_table, perturb_captions_dir, shard_dirs
 from src.errors import UserError
-from src.models import load_for_vectors
+from src.models import load_for_stage
 from src.models.base import DEFAULT_PROMPT
 from src.models.captioning import caption_shard, stored
 from src.models.perturb import MODES, perturb
-from src.runtime import add_runtime_args, csv_list, resolve_device, resolve_dtype
+from src.runtime import add_runtime_args, csv_list
 from src.stage import Stage
 
 
@@ -90,17 +90,8 @@ def tidy(wide: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
 def run(args: argparse.Namespace) -> int:
     if any(not 0.0 <= lv <= 1.0 for lv in args.level):
         raise UserError(f"--level values must be in [0, 1], got {args.level}")
-    device = resolve_device(args.device)
     dirs = shard_dirs(args.vec_dir, args.shards)
-    adapter, ident = load_for_vectors(
-        args.vec_dir,
-        args.shards,
-        model=args.model,
-        vlm_id=args.vlm_id,
-        override=args.override_model,
-        device=device,
-        dtype=resolve_dtype(args.dtype, device),
-    )
+    adapter, ident = load_for_stage(args)
     args.model = ident["model"]
     folder = out_dir(args)
     variants = {"original": stored} | {level_name(lv): perturbed_at(lv, args) for lv in args.level}

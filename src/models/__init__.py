@@ -81,3 +81,15 @@ def load_for_vectors(
             f"{ident['model']} adapter hooks {adapter.hook_point!r}: re-extract the vectors"
         )
     return adapter, ident
+
+
+def load_for_stage(args: Any) -> tuple[VLMAdapter, dict[str, Any]]:
+    """load_for_vectors with the flags that src.data.identity.add_identity_args and
+    src.runtime.add_runtime_args define (vec_dir, shards, model, vlm_id, override_model,
+    device, dtype)."""
+    from src.runtime import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    return load_for_vectors(args.vec_dir, args.shards, model=args.model, vlm_id=args.vlm_id,
+                            override=args.override_model, device=device,
+                            dtype=resolve_dtype(args.dtype, device))  # fmt: skip
