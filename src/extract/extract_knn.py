@@ -24,7 +24,9 @@ from src.metrics.neighbors import (
     knn,
     knn_overlap,
     knn_overlap_chance,
+    knn_overlap_ci,
     neighbor_ranks,
+    neighborhood_mean_ci,
     rank_displacement,
     rank_displacement_chance,
 )
@@ -200,18 +202,20 @@ def knn_rows(a: Space, b: Space, scope: str, args, device, cache: dict) -> list[
     ranks = neighbor_ranks(b.x.to(device), na.to(device), metric=args.metric).cpu()
     out = []
     for k in ks:
-        ov = knn_overlap(na[:, :k], nb[:, :k])
+        a_k, b_k = na[:, :k], nb[:, :k]
+        ov = knn_overlap(a_k, b_k)
         disp = rank_displacement(ranks[:, :k])
-        s = summarize(ov.double(), n_boot=args.bootstrap, seed=args.seed)
-        d = summarize(disp, n_boot=args.bootstrap, seed=args.seed)
+        # CIs from the kNN graph (images sharing neighbours are dependent), not an image bootstrap
+        s = dict(summarize(ov, n_boot=0), ci=knn_overlap_ci(a_k, b_k))
+        d = dict(summarize(disp, n_boot=0), ci=neighborhood_mean_ci(disp, a_k, b_k))
         out.append({
             "from_space": a.name, "to_space": b.name, "scope": scope, "metric": args.metric,
             "pool": args.pool, "k": k, "n": n,
             "overlap_mean": s["mean"], "overlap_median": s["median"], "overlap_std": s["std"],
-            "overlap_ci_low": s["ci_low"], "overlap_ci_high": s["ci_high"],
+            "overlap_ci_low": s["ci"][0], "overlap_ci_high": s["ci"][1],
             "chance": knn_overlap_chance(n, k),
-            "rank_displacement_mean": d["mean"], "rank_displacement_ci_low": d["ci_low"],
-            "rank_displacement_ci_high": d["ci_high"],
+            "rank_displacement_mean": d["mean"], "rank_displacement_ci_low": d["ci"][0],
+            "rank_displacement_ci_high": d["ci"][1],
             "rank_displacement_chance": rank_displacement_chance(n, k),
         })  # fmt: skip
     return out

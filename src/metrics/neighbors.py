@@ -10,9 +10,16 @@ Conventions shared by every function here (DESIGN.md, "Metrics: definitions"):
 - Ties are broken by (distance, index): neighbours are sorted by distance, then by index, so results
   are deterministic and the first k' columns of a k-search are exactly the k'-search (k' < k).
   A tie is an exact equality of the computed distances (float32, or float64 for float64 input).
-  Distances that differ only by rounding are not ties: another device, BLAS or block size may
-  round them, and so order such near-ties, differently. Exact duplicate points always tie in
-  the default row-block search (see knn's symmetric option for the one exception).
+  Distances are clamped at 0 (both metrics).
+- Exact duplicates (rows equal element for element) are interchangeable, whatever the BLAS,
+  thread count, device or block size: the distance between two copies is exactly 0, and every
+  point is at one and the same computed distance from all copies of another point. So an
+  image's copies come first among its neighbours, in index order, and copies of a neighbour tie
+  and follow the index rule. (A GEMM may round one inner product differently depending on the
+  column's position in the tile and on the thread split; without this rule two copies can
+  round apart, as single-row GEMV blocks at D = 1280 do with MKL.)
+- Distinct points whose distances differ only by rounding are not ties: another device, BLAS,
+  thread count or block size may round them, and so order such near-ties, differently.
 - Memory is O(block_size x N): no N x N matrix is ever built. Computation runs on x's device.
 """
 
@@ -80,15 +87,19 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _prepare(x: Tensor, metric: str, name: str = "x") -> tuple[Tensor, Tensor | None]:
+def _prepare(
+    x: Tensor, metric: str, name: str = "x"
+) -> tuple[Tensor, Tensor | None, _Duplicates | None]:
     """Validated copy of x in the compute dtype: unit rows for cos, (x, |x|^2) for l2.
 
-    x: (N, D) -> (N, D), and squared norms (N,) for l2 (None for cos).
+    x: (N, D) -> (N, D), squared norms (N,) for l2 (None for cos), and x's exact duplicate
+    rows (None if there are none).
     """
     _check_metric(metric)
     check_features(x, name)
     xp = x.to(_compute_dtype(x)).contiguous()
     sq = (xp * xp).sum(dim=1)
+    dups = _Duplicates.find(xp, sq)
     if metric == "cos":
         zero = sq == 0
         if bool(zero.any()):
@@ -97,8 +108,77 @@ def _prepare(x: Tensor, metric: str, name: str = "x") -> tuple[Tensor, Tensor | 
                 f"{name}: cosine distance is undefined for all-zero rows: {rows.numel()} rows "
                 f"(first rows: {rows[:5].tolist()})"
             )
-        return xp / sq.sqrt().unsqueeze(1), None
-    return xp, sq
+        return xp / sq.sqrt().unsqueeze(1), None, dups
+    return xp, sq, dups
+
+
+class _Duplicates:
+    """Groups of exactly equal rows, and how a distance block is made to respect them.
+
+    copies (c,): rows that are a copy of an earlier row; rep (c,): that earliest row (the
+    representative). pairs_i, pairs_j (P,): all ordered pairs i != j of rows in one group,
+    sorted by i (P = sum over groups of size m of m (m - 1)).
+    """
+
+    def __init__(self, copies: Tensor, rep: Tensor, pairs_i: Tensor, pairs_j: Tensor) -> None:
+        self.copies, self.rep, self.pairs_i, self.pairs_j = copies, rep, pairs_i, pairs_j
+
+    @staticmethod
+    def find(x: Tensor, sq: Tensor) -> _Duplicates | None:
+        """Exact duplicate rows of x (N, D); sq (N,) = row sums of squares. None if none.
+
+        Equal rows have equal sq, so only rows sharing their sq with another row are compared
+        (exactly, torch.unique over those rows): O(N log N) on data without duplicates.
+        """
+        n = x.shape[0]
+        order = sq.argsort(stable=True)
+        ss = sq[order]
+        same = ss[1:] == ss[:-1]
+        if not bool(same.any()):
+            return None
+        cand_mask = torch.zeros(n, dtype=torch.bool, device=x.device)
+        cand_mask[1:] |= same
+        cand_mask[:-1] |= same
+        cand = order[cand_mask].sort().values  # ascending row index
+        _, inv, counts = torch.unique(x[cand], dim=0, return_inverse=True, return_counts=True)
+        in_group = counts[inv] > 1
+        if not bool(in_group.any()):
+            return None
+        rows, gid = cand[in_group], inv[in_group]
+        # rows ascend, so a stable sort by group keeps each group's rows in index order
+        gid, perm = gid.sort(stable=True)
+        rows = rows[perm]
+        first = torch.ones_like(gid, dtype=torch.bool)
+        first[1:] = gid[1:] != gid[:-1]
+        start = torch.cumsum(first.long(), 0) - 1  # group number 0..G-1 of each row
+        heads = rows[first]  # representative (smallest index) of each group
+        copies, rep = rows[~first], heads[start[~first]]
+        # All ordered pairs within a group: row t of group g pairs with the size[g] rows of g
+        # (rows[offs[g]:offs[g] + size[g]]), itself dropped afterwards.
+        size = torch.bincount(start)
+        offs = torch.cumsum(size, 0) - size
+        reps = size[start]  # pairs contributed by each row
+        pi = torch.repeat_interleave(rows, reps)
+        seg = torch.repeat_interleave(torch.cumsum(reps, 0) - reps, reps)  # segment starts
+        local = torch.arange(pi.numel(), device=x.device) - seg
+        pj = rows[torch.repeat_interleave(offs[start], reps) + local]
+        keep = pi != pj
+        pi, pj = pi[keep], pj[keep]
+        o = pi.argsort(stable=True)
+        return _Duplicates(copies, rep, pi[o], pj[o])
+
+    def fix_columns(self, block: Tensor) -> None:
+        """Give every copy's column the value of its representative's column, in place.
+
+        block: (b, N) over all columns. Afterwards each row is at one distance from all copies.
+        """
+        block[:, self.copies] = block[:, self.rep]
+
+    def rows_in(self, s: int, e: int) -> tuple[Tensor, Tensor]:
+        """(block row r, column j) of the pairs whose first row s + r lies in [s, e)."""
+        bounds = torch.tensor([s, e], device=self.pairs_i.device)
+        lo, hi = torch.searchsorted(self.pairs_i, bounds).tolist()
+        return self.pairs_i[lo:hi] - s, self.pairs_j[lo:hi]
 
 
 def _scores(q: Tensor, x: Tensor, neg_x_sq: Tensor | None, out: Tensor) -> Tensor:
@@ -115,15 +195,31 @@ def _scores(q: Tensor, x: Tensor, neg_x_sq: Tensor | None, out: Tensor) -> Tenso
 
 
 def _to_distance(scores: Tensor, q_sq: Tensor | None) -> Tensor:
-    """Distances from _scores, in place: 1 - s (cos) or max(|q_i|^2 - s, 0) (l2). (b, m) -> (b, m).
+    """Distances from _scores, in place: max(1 - s, 0) (cos), max(|q_i|^2 - s, 0) (l2). (b, m).
 
     Monotone (non-increasing) in the score, so the score order is the distance order, up to
     scores that round to one distance: those become ties, resolved by index like any other.
-    The clamp turns (near-)duplicates that rounding pushes below 0 into exact ties at 0.
+    The clamp turns near-duplicates that rounding pushes below 0 into exact ties at 0.
     """
     if q_sq is None:
-        return scores.neg_().add_(1.0)
+        return scores.neg_().add_(1.0).clamp_(min=0.0)
     return scores.neg_().add_(q_sq.unsqueeze(1)).clamp_(min=0.0)
+
+
+def _apply_duplicates(
+    scores: Tensor, dups: _Duplicates | None, s: int, q_sq: Tensor | None
+) -> Tensor:
+    """Make a (b, N) score block of rows s:s+b respect exact duplicates (module docstring).
+
+    Copies' columns take their representative's scores; each row's own copies get the score
+    whose distance is exactly 0 (1 for cos, |q|^2 for l2). Call before excluding self.
+    """
+    if dups is None:
+        return scores
+    dups.fix_columns(scores)
+    r, j = dups.rows_in(s, s + scores.shape[0])
+    scores[r, j] = 1.0 if q_sq is None else q_sq[r]
+    return scores
 
 
 def _symmetric_distance_block(
@@ -131,35 +227,44 @@ def _symmetric_distance_block(
 ) -> Tensor:
     """Distances computed by a formula symmetric in (i, j), for the symmetric search.
 
-    1 - <q_i, x_j> (cos) or max(|q_i|^2 + |x_j|^2 - 2 <q_i, x_j>, 0) (l2). (b, m) into out.
+    max(1 - <q_i, x_j>, 0) (cos) or max(|q_i|^2 + |x_j|^2 - 2 <q_i, x_j>, 0) (l2). (b, m) into
+    out.
     """
     if x_sq is None:
         ones = torch.ones(1, x.shape[0], dtype=x.dtype, device=x.device)
-        return torch.addmm(ones, q, x.T, alpha=-1.0, out=out)
+        return torch.addmm(ones, q, x.T, alpha=-1.0, out=out).clamp_(min=0.0)
     assert q_sq is not None
     torch.addmm(x_sq.unsqueeze(0), q, x.T, alpha=-2.0, out=out)
     return out.add_(q_sq.unsqueeze(1)).clamp_(min=0.0)
 
 
 def _row_distances(
-    xp: Tensor, x_sq: Tensor | None, neg_x_sq: Tensor | None, s: int, e: int, out: Tensor
+    xp: Tensor,
+    x_sq: Tensor | None,
+    neg_x_sq: Tensor | None,
+    dups: _Duplicates | None,
+    s: int,
+    e: int,
+    out: Tensor,
 ) -> Tensor:
     """Distances from rows s:e of xp to all rows, self at +inf (the row-block search's values).
 
     -> (e - s, N) view of out; the same numbers knn's row-block search ranks.
     """
-    d = _scores(xp[s:e], xp, neg_x_sq, out)
+    q_sq = None if x_sq is None else x_sq[s:e]
+    d = _apply_duplicates(_scores(xp[s:e], xp, neg_x_sq, out), dups, s, q_sq)
     d.diagonal(offset=s).fill_(-torch.inf)
-    return _to_distance(d, None if x_sq is None else x_sq[s:e])
+    return _to_distance(d, q_sq)
 
 
 def pairwise_distances(a: Tensor, b: Tensor, metric: Metric = "cos") -> Tensor:
     """Dense distances between the rows of a and b, with the conventions of this module.
 
     a: (n, D), b: (m, D) -> (n, m). For small inputs and tests: this one does build n x m.
+    The duplicate rule is not applied here (it concerns one point set, not two).
     """
-    ap, a_sq = _prepare(a, metric, "a")
-    bp, b_sq = _prepare(b.to(ap.dtype), metric, "b")
+    ap, a_sq, _ = _prepare(a, metric, "a")
+    bp, b_sq, _ = _prepare(b.to(ap.dtype), metric, "b")
     if ap.shape[1] != bp.shape[1]:
         raise ValueError(f"dimension mismatch: a has D={ap.shape[1]}, b has D={bp.shape[1]}")
     out = torch.empty(ap.shape[0], bp.shape[0], dtype=ap.dtype, device=ap.device)
@@ -212,7 +317,7 @@ def _finish(
 
 
 def _knn_rowblock(
-    xp: Tensor, x_sq: Tensor | None, k: int, block_size: int
+    xp: Tensor, x_sq: Tensor | None, dups: _Duplicates | None, k: int, block_size: int
 ) -> tuple[Tensor, Tensor]:
     """One (block, N) score block per row range; top-(k+1) scores per row become distances."""
     n = xp.shape[0]
@@ -224,6 +329,7 @@ def _knn_rowblock(
         e = min(s + block_size, n)
         q_sq = None if x_sq is None else x_sq[s:e]
         scores = _scores(xp[s:e], xp, neg_sq, buf[: (e - s) * n].view(e - s, n))
+        _apply_duplicates(scores, dups, s, q_sq)
         scores.diagonal(offset=s).fill_(-torch.inf)  # exclude self
         # k + 1 <= n candidates: one more than needed, to see whether the k-th is tied.
         v, i = scores.topk(k + 1, dim=1)  # largest scores first = smallest distances first
@@ -321,22 +427,20 @@ def knn(
     (distance, index) (see the module docstring for metrics and ties). dist is float32 (float64
     for float64 input). Memory O(block_size x N).
 
-    symmetric=False (default): full (block_size, N) row blocks, one GEMM per block, so all
-    distances of a row come from one BLAS call and exact duplicates always tie.
+    symmetric=False (default): full (block_size, N) row blocks, one GEMM per block.
     symmetric=True: only the lower triangle of the distance matrix (half the GEMM work, about
-    2.5x the memory). bench/bench_geometry.py, N=20k, d=1024, k=100, 2 CPU cores: 0.87x
-    (cos) / 0.91x (l2) faiss IndexFlat's time, against 1.06x / 1.07x for the default. A row's
-    distances then come from several BLAS calls of different shapes; on a BLAS whose rounding
-    depends on the shape (GPU split-K, GEMV for one-row blocks) two exact duplicates can round
-    apart and stop tying, which is why it is not the default.
+    2.5x the memory). A pair's distance is then computed once and used for both rows, from
+    GEMMs of different shapes, so the duplicate rule (module docstring) cannot be applied by
+    column: input with exact duplicates runs the default search instead (same results).
+    Both follow the module's conventions; near-ties can round differently between the two.
     """
-    xp, x_sq = _prepare(x, metric)
+    xp, x_sq, dups = _prepare(x, metric)
     _check_k(k, xp.shape[0])
     if not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-    if symmetric:
+    if symmetric and dups is None:
         return _knn_symmetric(xp, x_sq, k, block_size)
-    return _knn_rowblock(xp, x_sq, k, block_size)
+    return _knn_rowblock(xp, x_sq, dups, k, block_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,6 +486,75 @@ def knn_overlap_chance(n: int, k: int) -> float:
     return k / (n - 1)
 
 
+def neighborhood_mean_ci(
+    values: Tensor, nbrs_a: Tensor, nbrs_b: Tensor, level: float = 0.95
+) -> tuple[float, float]:
+    """Normal CI of the mean of a per-image kNN statistic, with a variance that sees the kNN graph.
+
+    values: (N,) per-image statistic (e.g. knn_overlap(nbrs_a, nbrs_b)); nbrs_a, nbrs_b: (N, k)
+    the neighbour lists it was computed from -> (low, high) for the mean, clipped to [0, 1] if
+    values lie there.
+
+    Why not a bootstrap over images: image i's value depends on its neighbourhoods, and images
+    near each other (in either space) share neighbours, so values are positively correlated and
+    an i.i.d. resample of the values gives too narrow an interval (two independent Gaussian
+    spaces, N = 300, k = 10: 85-87% coverage of chance for a nominal 95%). Resampling images
+    and recomputing neighbourhoods in the resample (copies of an image kept out of each other's
+    neighbourhoods) and the delete-one jackknife with recomputed neighbourhoods both overshoot
+    (standard error 1.5-1.9x the true one, coverage ~100%): the statistic is discrete in each
+    neighbourhood, multiplicities act as hubs, and the jackknife's Efron-Stein bias is large.
+    What is used instead is a network HAC estimator (dependency-graph variance, as in
+    Kojevnikov, Marmer and Song 2021): with r = values - mean and E the symmetrised union of
+    the two kNN graphs,
+        var(mean) = (sum_i r_i^2 + 2 sum_{{i,j} in E} r_i r_j) / N^2 / (1 - (N + 2|E|) / N^2),
+    the covariance of every pair of images that are neighbours in either space (the pairs whose
+    neighbourhoods overlap most), and the last factor undoes the downward bias of centring on
+    the sample mean. Measured (tests/test_metrics_neighbors.py and the simulation that chose it):
+    coverage of chance 95% at N = 300, k = 10 and 94-96% at N = 500, k = 25; with planted
+    structure (y = x + noise) 91-94%. It degrades when k/N is large (k/N = 1/8: 84%), where
+    dependence reaches beyond direct neighbours. O(N k log(N k)), deterministic (no seed).
+    """
+    v = _check_values(values, nbrs_a, nbrs_b)
+    n, k = nbrs_a.shape
+    mean = float(v.mean())
+    r = v - mean
+    src = torch.arange(n, device=nbrs_a.device).repeat_interleave(k)
+    dst = torch.cat([nbrs_a.reshape(-1), nbrs_b.to(nbrs_a.device).reshape(-1)]).long()
+    src = torch.cat([src, src])
+    lo, hi = torch.minimum(src, dst), torch.maximum(src, dst)
+    key = torch.unique(lo * n + hi)  # each unordered pair {i, j}, i != j, once
+    i, j = (key // n).cpu(), (key % n).cpu()
+    var = (float(r.square().sum()) + 2.0 * float((r[i] * r[j]).sum())) / n**2
+    frac = (n + 2 * key.numel()) / n**2
+    if frac >= 1.0:  # the graph is (nearly) complete: no independent information left
+        return float("nan"), float("nan")
+    se = max(var / (1.0 - frac), 0.0) ** 0.5
+    z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + level / 2)))
+    low, high = mean - z * se, mean + z * se
+    if bool((v >= 0).all() and (v <= 1).all()):
+        low, high = max(low, 0.0), min(high, 1.0)
+    return low, high
+
+
+def knn_overlap_ci(nbrs_a: Tensor, nbrs_b: Tensor, level: float = 0.95) -> tuple[float, float]:
+    """CI of the mean kNN overlap of (N, k) neighbour lists: neighborhood_mean_ci's scheme."""
+    return neighborhood_mean_ci(knn_overlap(nbrs_a, nbrs_b), nbrs_a, nbrs_b, level)
+
+
+def _check_values(values: Tensor, nbrs_a: Tensor, nbrs_b: Tensor) -> Tensor:
+    _check_neighbors(nbrs_a, "nbrs_a")
+    _check_neighbors(nbrs_b, "nbrs_b")
+    check_same_n(nbrs_a.shape[0], nbrs_b.shape[0], "rows of neighbour lists")
+    v = torch.as_tensor(values).double().cpu()
+    if v.ndim != 1 or v.numel() != nbrs_a.shape[0]:
+        raise ValueError(f"values: expected ({nbrs_a.shape[0]},), got {tuple(v.shape)}")
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError("values contain NaN or Inf")
+    if v.numel() < 3:
+        raise ValueError(f"need at least 3 images for a CI, got {v.numel()}")
+    return v
+
+
 def mutual_knn(x_a: Tensor, x_b: Tensor, k: int, *, block_size: int = 2048) -> Tensor:
     """platonic-rep's "mutual_knn", under its own name: the cosine kNN overlap, per image.
 
@@ -411,7 +584,7 @@ def neighbor_ranks(
     distance another point shares exactly (a tie) has its row scanned for the index rule.
     Time O(N^2 (D + log k)).
     """
-    xp, x_sq = _prepare(x, metric)
+    xp, x_sq, dups = _prepare(x, metric)
     _check_neighbors(nbrs, "nbrs")
     n, k = xp.shape[0], nbrs.shape[1]
     check_same_n(n, nbrs.shape[0], "(rows of x vs rows of nbrs)")
@@ -429,7 +602,7 @@ def neighbor_ranks(
         e = min(s + block_size, n)
         b = e - s
         # the row-block search's distances; self at +inf, never below a finite threshold
-        d = _row_distances(xp, x_sq, neg_sq, s, e, buf[: b * n].view(b, n))
+        d = _row_distances(xp, x_sq, neg_sq, dups, s, e, buf[: b * n].view(b, n))
         t = d.gather(1, nb[s:e])  # (b, k)
         up = torch.nextafter(t, torch.full_like(t, torch.inf))  # "< up" is "<= t"
         edges = torch.cat([t, up], dim=1).sort(dim=1).values  # (b, 2k)
@@ -542,8 +715,8 @@ def distance_correlation(
     """
     from scipy import stats  # only this function needs scipy
 
-    xa, _ = _prepare(x_a, metric, "x_a")
-    xb, _ = _prepare(x_b, metric, "x_b")
+    xa, _, _ = _prepare(x_a, metric, "x_a")
+    xb, _, _ = _prepare(x_b, metric, "x_b")
     check_same_n(xa.shape[0], xb.shape[0])
     i, j = sample_pairs(xa.shape[0], n_pairs, seed)
     if i.size < 3:
