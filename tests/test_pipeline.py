@@ -1,24 +1,30 @@
-"""The main job end to end on a small sample: every stage's output lands, and a rerun skips
-everything (no file rewritten, the model not even loaded)."""
+"""The main job end to end on a small sample: every stage's output lands, a rerun skips
+everything (no file rewritten, the model not even loaded), and so does a rerun from a copy of
+the checkout and the data folder somewhere else."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 
 import pandas as pd
 
 from src import pipeline
+from src.data.io import REPO_ROOT
 from src.extract import extract_vectors
 
 
-def test_pipeline_runs_and_reruns_without_work(tmp_path, random_connector_dir, monkeypatch, capsys):
-    argv = [
+def small_study(root) -> list[str]:
+    """The main job's arguments for a small study under `root` (the committed mini model)."""
+    return [
         "--data",
-        str(tmp_path / "data"),
+        str(root / "data"),
         "--results",
-        str(tmp_path / "results"),
+        str(root / "results"),
         "--figures",
-        str(tmp_path / "figures"),
+        str(root / "figures"),
         "--n_scenes",
         "24",
         "--shards",
@@ -35,36 +41,51 @@ def test_pipeline_runs_and_reruns_without_work(tmp_path, random_connector_dir, m
         "3",
         "--perturb_n",
         "2",
-        "--model_id",
-        f"mini={random_connector_dir}",
         "--no_progress",
     ]
+
+
+def test_pipeline_runs_and_reruns_without_work(tmp_path, monkeypatch, capsys):
+    study = tmp_path / "study"
+    argv = small_study(study)
     assert pipeline.main(argv) == 0
-    data = tmp_path / "data"
+    data = study / "data"
     for shard in ("photos", "synth_00", "synth_01"):
         assert (data / "vector" / "mini" / shard / "manifest.json").exists()
         assert (data / "clip_ref" / "minilm" / shard / "manifest.json").exists()
         assert (data / "vector_recon" / "mini" / shard / "manifest.json").exists()
-    summary = json.loads((tmp_path / "results" / "recon" / "recon_mini.json").read_text())
+    summary = json.loads((study / "results" / "recon" / "recon_mini.json").read_text())
     assert set(summary["methods"]) == {"reconstructor", "train_mean", "ridge"}
-    assert (tmp_path / "results" / "knn" / "mini" / "knn.csv").exists()
-    assert len(pd.read_csv(tmp_path / "results" / "captions" / "mini" / "synth_01.csv")) == 3
-    perturb = pd.read_csv(tmp_path / "results" / "perturb" / "summary.csv")
+    assert (study / "results" / "knn" / "mini" / "knn.csv").exists()
+    assert len(pd.read_csv(study / "results" / "captions" / "mini" / "synth_01.csv")) == 3
+    perturb = pd.read_csv(study / "results" / "perturb" / "summary.csv")
     assert set(perturb["mode"]) == {"mask", "lowrank"}
     out = capsys.readouterr().out
     assert "E_pre recovered from E_post" in out and "vectors/mini:" in out
     # The last step draws every figure from this run's tables and writes the report.
-    page = (tmp_path / "figures" / "report.html").read_text()
+    page = (study / "figures" / "report.html").read_text()
     for name in ("knn", "erank_vs_ref", "caption_recon", "caption_recon_pre", "perturb_mask",
                  "perturb_lowrank"):  # fmt: skip
-        assert (tmp_path / "figures" / f"{name}.png").exists() and f'src="{name}.png"' in page
-    assert (tmp_path / "results" / "summary.csv").exists()
+        assert (study / "figures" / f"{name}.png").exists() and f'src="{name}.png"' in page
+    assert (study / "results" / "summary.csv").exists()
 
-    files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    files = {p: p.stat().st_mtime_ns for p in study.rglob("*") if p.is_file()}
 
     def no_load(*a, **k):
         raise AssertionError("a finished study loaded a model")
 
     monkeypatch.setattr(extract_vectors, "load_adapter", no_load)
     assert pipeline.main(argv) == 0
-    assert files == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert files == {p: p.stat().st_mtime_ns for p in study.rglob("*") if p.is_file()}
+
+    # The checkout and the study copied elsewhere: every step still finds its work done.
+    checkout, moved = tmp_path / "elsewhere" / "checkout", tmp_path / "elsewhere" / "study"
+    shutil.copytree(REPO_ROOT / "src", checkout / "src",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    shutil.copytree(study, moved)
+    copied = {p: p.stat().st_mtime_ns for p in moved.rglob("*") if p.is_file()}
+    res = subprocess.run([sys.executable, "-m", "src.pipeline", *small_study(moved)],
+                         cwd=checkout, capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert copied == {p: p.stat().st_mtime_ns for p in moved.rglob("*") if p.is_file()}
+    assert "loaded in" not in res.stdout and "load " not in res.stdout.replace("load 0.0s", "")
