@@ -28,7 +28,7 @@ class ConnectorConfig:
     num_layers: int = 2
     vision: str = "efficientnet-lite0"  # vision tower name or hub id
     lm: str = "smollm2-135m-instruct"  # LM name or hub id
-    grid: int = 4  # vision tokens per side after pooling (EfficientNet tower only)
+    grid: int = 4  # vision tokens per side after pooling (offline towers only)
     prompt: str = "Describe the image."
     training: dict[str, Any] = field(default_factory=dict)  # command, data, steps, metrics
 

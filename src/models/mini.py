@@ -6,6 +6,7 @@ The same class serves any vision tower / LM pair a connector folder names (train
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from src.models.base import (
     VLMAdapter,
 )
 from src.models.connector import ConnectorConfig, MLPConnector, load_connector
+from src.models.craft import CRAFT, CraftTokens, ImageNetSquareResize
 from src.models.towers import EFFICIENTNET, EfficientNetTokens, SquareResize, load_causal_lm
 
 DEFAULT_CONNECTOR_DIR = Path(__file__).parent / "weights" / "mini"
@@ -58,12 +60,29 @@ class HFImagePreprocessor:
         return self.processor(images=images, return_tensors="pt")["pixel_values"]
 
 
+def _efficientnet_tower(grid: int) -> tuple[torch.nn.Module, Any]:
+    return EfficientNetTokens(grid=grid), SquareResize(IMAGE_SIZE)  # (B, grid^2, 1280)
+
+
+def _craft_tower(grid: int) -> tuple[torch.nn.Module, Any]:
+    # CRAFT's VGG16-BN expects ImageNet mean/std; 14 x 14 conv5_2 map pooled to (B, grid^2, 512)
+    return CraftTokens(grid=grid), ImageNetSquareResize(IMAGE_SIZE)
+
+
+# Offline towers by the name a connector config records: grid -> (tower, image transform).
+# Any other name is a hub id or local path (HFVisionTokens).
+OFFLINE_TOWERS: dict[str, Callable[[int], tuple[torch.nn.Module, Any]]] = {
+    EFFICIENTNET: _efficientnet_tower,
+    CRAFT: _craft_tower,
+}
+
+
 def build_vision(
     config: ConnectorConfig, *, trust_remote_code: bool = False
 ) -> tuple[torch.nn.Module, Any]:
     """(tower, image transform) for the vision name a connector config records."""
-    if config.vision == EFFICIENTNET:
-        return EfficientNetTokens(grid=config.grid), SquareResize(IMAGE_SIZE)
+    if config.vision in OFFLINE_TOWERS:
+        return OFFLINE_TOWERS[config.vision](config.grid)
     tower = HFVisionTokens(config.vision, trust_remote_code=trust_remote_code)
     return tower, HFImagePreprocessor(config.vision)
 

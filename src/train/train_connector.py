@@ -62,9 +62,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--vision",
         default="efficientnet-lite0",
-        help="efficientnet-lite0 (offline) or a hub id/path of a CLIP/SigLIP/DINOv2 tower",
+        help="efficientnet-lite0 or craft-vgg16 (offline) or a hub id/path of a "
+        "CLIP/SigLIP/DINOv2 tower",
     )
-    p.add_argument("--grid", type=int, default=4, help="EfficientNet token grid (4 -> 16 tokens)")
+    p.add_argument("--grid", type=int, default=4, help="offline tower token grid (4 -> 16 tokens)")
     p.add_argument(
         "--lm",
         default="smollm2-135m-instruct",
