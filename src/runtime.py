@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from src.errors import UserError
+
 DTYPES = {
     "fp32": torch.float32,
     "float32": torch.float32,
@@ -21,9 +23,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     """'auto' -> cuda when present, else cpu; anything else as torch understands it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
     return device
 
 
@@ -36,9 +41,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     try:
         return DTYPES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown dtype {name!r}; choose auto or one of {sorted(DTYPES)}"
-        ) from None
+        raise UserError(f"unknown dtype {name!r}; choose auto or one of {sorted(DTYPES)}") from None
 
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ from src.data.images import ImageRecord, LoadedImage, image_loader
 from src.data.io import MANIFEST_NAME, read_manifest, write_json_atomic, write_manifest
 from src.data.paths import ChunkKind, chunk_path, list_chunk_indices
 from src.data.vectors import Chunk, iter_chunks, save_chunk
+from src.errors import UserError
 
 OWNER_NAME = ".owner.json"  # identity of whoever writes chunks here, before the manifest exists
 
@@ -75,7 +76,7 @@ def prepare_folder(folder: Path, *, skip_existing: bool, identity: dict[str, Any
 def check_identity(folder: Path, found: dict[str, Any], identity: dict[str, Any]) -> None:
     for k, v in identity.items():
         if k in found and found[k] != v:
-            raise ValueError(
+            raise UserError(
                 f"{folder} holds output for {k}={found[k]!r}, not {v!r}; "
                 "use another --out_dir or run without --skip_existing to overwrite it"
             )

@@ -19,6 +19,7 @@ import torch
 
 from src.data.io import load_torch, save_torch_atomic
 from src.data.paths import ChunkKind, chunk_path, list_chunk_indices
+from src.errors import UserError
 
 Pool = Literal["mean", "cls", "none"]
 
@@ -76,7 +77,7 @@ def load_chunk(path: Path) -> Chunk:
     d = load_torch(path)
     missing = {"keys", "vectors", "lengths"} - set(d)
     if missing:
-        raise ValueError(f"{path}: not a vector chunk (missing {sorted(missing)})")
+        raise UserError(f"{path}: not a vector chunk (missing {sorted(missing)})")
     chunk = Chunk(
         list(d["keys"]),
         d["vectors"],
@@ -85,7 +86,7 @@ def load_chunk(path: Path) -> Chunk:
         list(d.get("notes", [])),
     )
     if int(chunk.lengths.sum()) != chunk.vectors.shape[0] or len(chunk.keys) != len(chunk.lengths):
-        raise ValueError(f"{path}: lengths do not match vectors/keys (corrupt chunk?)")
+        raise UserError(f"{path}: lengths do not match vectors/keys (corrupt chunk?)")
     return chunk
 
 
@@ -140,7 +141,7 @@ def check_aligned(pre: Chunk, post: Chunk, where: str) -> None:
     """Pre and post chunks must describe the same images in the same order."""
     if pre.keys != post.keys:
         diff = sorted(set(pre.keys) ^ set(post.keys))[:5]
-        raise ValueError(
+        raise UserError(
             f"{where}: pre/post keys do not line up "
             f"({len(pre.keys)} vs {len(post.keys)}; first differing: {diff or 'order differs'})"
         )

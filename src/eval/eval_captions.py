@@ -17,8 +17,8 @@ from src.metrics.text import BertScorer
 from src.models import MODEL_NAMES, load_adapter
 from src.models.base import DEFAULT_PROMPT
 from src.models.captioning import caption_shard, stored
+from src.recon.model import STATS_NAME, NormStats, load_recon, reconstruct
 from src.runtime import add_runtime_args, csv_list, resolve_device, resolve_dtype
-from src.training.recon import STATS_NAME, NormStats, load_recon, reconstruct
 
 
 def get_args_parser() -> argparse.ArgumentParser:
