@@ -32,6 +32,7 @@ from src.recon.model import (
     load_recon,
     save_recon,
 )
+from src.runtime import resolve_device
 
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "train_summary.json"
@@ -123,7 +124,7 @@ def held_out_mse(
 def _accelerator(fit: FitConfig) -> Any:
     from accelerate import Accelerator
 
-    cpu = fit.device == "cpu" or not torch.cuda.is_available()
+    cpu = resolve_device(fit.device).type == "cpu"  # a bad --device fails here, clearly
     precision = "no"
     if fit.amp and not cpu:
         precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
