@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import types
 import typing
 from pathlib import Path
@@ -103,3 +104,22 @@ def path_field(default: str | None, help: str, **meta: Any) -> Any:
     return dataclasses.field(
         default=Path(default) if default is not None else None, metadata={"help": help, **meta}
     )
+
+
+def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The shell command that reproduces `args`: the parser's prog and every flag whose value
+    differs from its default, in the parser's order (for artifacts that record their command)."""
+    parts = shlex.split(parser.prog)
+    for action in parser._actions:  # argparse has no public listing of its actions
+        value = getattr(args, action.dest, action.default)
+        if not action.option_strings or action.dest == "help" or value == action.default:
+            continue
+        flag = action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):
+            parts.append(flag)
+        elif isinstance(value, list):
+            items = [str(v) for v in value]
+            parts += [flag, *items] if action.nargs in ("+", "*") else [flag, ",".join(items)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)

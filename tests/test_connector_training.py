@@ -5,9 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from src.errors import UserError
 from src.metrics.captions import attribute_accuracy, first_mention, majority_baseline
-from src.models.connector import ConnectorConfig, MLPConnector, load_connector, save_connector
-from src.training.connector import TrainConfig, batch_indices, lr_at, train_connector
+from src.models.connector import (
+    WEIGHTS_NAME,
+    ConnectorConfig,
+    MLPConnector,
+    load_connector,
+    save_connector,
+)
+from src.models.connector_fit import TrainConfig, batch_indices, lr_at, train_connector
 
 
 def test_caption_loss_equals_lm_loss_on_token_ids(mini_adapter):
@@ -118,7 +125,7 @@ def test_connector_roundtrip_and_wrong_checkpoint(tmp_path):
     )
     with pytest.raises(ValueError, match="does not match"):
         load_connector(tmp_path / "c")
-    with pytest.raises(FileNotFoundError, match="not a connector folder"):
+    with pytest.raises(UserError, match="not a connector folder"):
         load_connector(tmp_path)
 
 
@@ -150,15 +157,12 @@ def test_mini_connect_equals_encode(mini_adapter):
     torch.testing.assert_close(mini_adapter.connect(inputs, out.pre)[0], out.post[0])
 
 
-def test_train_connector_for_another_encoder_and_lm(tmp_path):
-    """train_connector with a hub-style vision tower and LM given by path (tiny random CLIP and
-    Llama): it trains, saves, and the saved folder loads as a working `mini`-style VLM."""
-    import json
-
+@pytest.fixture
+def tiny_towers(tmp_path):
+    """A hub-style vision tower and LM saved as folders (tiny random CLIP and Llama), and an
+    image root with a training shard and a held-out one."""
     import transformers as tf
 
-    from src.models import load_adapter
-    from src.train import train_connector
     from tests.conftest import write_noise_images
     from tests.tiny_vlms import TEXT, tokenizer
 
@@ -180,16 +184,31 @@ def test_train_connector_for_another_encoder_and_lm(tmp_path):
     root = tmp_path / "images"
     write_noise_images(root / "train", 6)
     write_noise_images(root / "held", 2, seed=5)
+    return ["--root", str(root), "--vision", str(vision_dir), "--lm", str(lm_dir),
+            "--batch_size", "2", "--warmup", "1", "--no_progress"]  # fmt: skip
+
+
+def test_train_connector_for_another_encoder_and_lm(tmp_path, tiny_towers):
+    """train_connector with a hub-style vision tower and LM given by path: it trains, saves,
+    and the saved folder loads as a working `mini`-style VLM."""
+    import json
+
+    from src.models import load_adapter
+    from src.train import train_connector
+    from tests.tiny_vlms import TEXT
+
     out = tmp_path / "connector"
     assert train_connector.main([
-        "--root", str(root), "--eval_shards", "held", "--vision", str(vision_dir),
-        "--lm", str(lm_dir), "--steps", "3", "--batch_size", "2", "--warmup", "1",
-        "--out_dir", str(out), "--work_dir", str(tmp_path / "work"), "--no_progress",
+        *tiny_towers, "--eval_shards", "held", "--steps", "3", "--out_dir", str(out),
+        "--work_dir", str(tmp_path / "work"),
     ]) == 0  # fmt: skip
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["in_dim"], cfg["out_dim"]) == (24, TEXT["hidden_size"])
-    assert cfg["vision"] == str(vision_dir) and cfg["lm"] == str(lm_dir)
+    assert cfg["vision"] == str(tmp_path / "clip") and cfg["lm"] == str(tmp_path / "lm")
     assert cfg["training"]["n_train"] == 6
+    command = cfg["training"]["command"]
+    assert command.startswith("python -m src.train.train_connector ") and "--steps 3" in command
+    assert train_connector.STAGE.parse(command.split()[3:]).out_dir == out  # it reproduces
     adapter = load_adapter("mini", str(out))
     from PIL import Image
 
@@ -197,3 +216,43 @@ def test_train_connector_for_another_encoder_and_lm(tmp_path):
     enc = adapter.encode(inputs)
     assert enc.pre[0].shape == (17, 24) and enc.post[0].shape == (17, TEXT["hidden_size"])
     assert isinstance(adapter.generate(inputs, max_new_tokens=3)[0], str)
+
+
+def test_default_out_dir_is_not_the_committed_weights(tmp_path, tiny_towers, monkeypatch, capsys):
+    """Without --out_dir the connector goes to data/connector/<name>; the committed mini weights
+    are untouched. The recorded command for them names them explicitly, and still parses."""
+    import hashlib
+    import json
+    import shlex
+
+    from src.data.io import REPO_ROOT
+    from src.models.mini import DEFAULT_CONNECTOR_DIR
+    from src.stage import overlaps
+    from src.train import train_connector
+
+    stage = train_connector.STAGE
+    weights = DEFAULT_CONNECTOR_DIR.parent
+    assert not any(overlaps(p, weights) for p in stage.outputs(stage.parse([])))
+    recorded = json.loads((DEFAULT_CONNECTOR_DIR / "config.json").read_text())["training"]
+    args = stage.parse(shlex.split(recorded["command"])[3:])
+    assert (REPO_ROOT / args.out_dir).resolve() == DEFAULT_CONNECTOR_DIR.resolve()
+
+    def digest() -> str:
+        return hashlib.sha256((DEFAULT_CONNECTOR_DIR / WEIGHTS_NAME).read_bytes()).hexdigest()
+
+    before = digest()
+    monkeypatch.chdir(tmp_path)
+    assert train_connector.main([*tiny_towers, "--steps", "2"]) == 0
+    assert (tmp_path / "data" / "connector" / "mini" / "connector.safetensors").exists()
+    assert (tmp_path / "data" / "train_connector" / "mini" / "manifest.json").exists()
+    assert digest() == before
+    # finished: --skip_existing does nothing; other settings do not resume that checkpoint
+    capsys.readouterr()
+    assert train_connector.main([*tiny_towers, "--steps", "2", "--skip_existing"]) == 0
+    assert "complete, nothing to do" in capsys.readouterr().out
+    assert train_connector.main([*tiny_towers, "--steps", "4", "--lr", "5e-3"]) == 2
+    err = capsys.readouterr().err  # transformers' loading bars go to stderr too
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert "train.steps, train.lr" in errors[0] and "pass --fresh" in errors[0]
+    assert train_connector.main([*tiny_towers, "--steps", "4", "--lr", "5e-3", "--fresh"]) == 0

@@ -45,7 +45,12 @@ def write_linear_vectors(
             sl = slice(c * n // 4, (c + 1) * n // 4)
             save_chunk(folder, "pre", c, Chunk.from_items(keys[sl], pres[sl], []))
             save_chunk(folder, "post", c, Chunk.from_items(keys[sl], posts[sl], []))
-        (folder / "manifest.json").write_text("{}")
+        (folder / "manifest.json").write_text(json.dumps(identity(model)))
+
+
+def identity(model: str) -> dict:
+    """What extract_vectors' manifests record of the model that made the vectors."""
+    return {"model": model, "model_id": f"test/{model}", "revision": "r1", "hook_point": "linear"}
 
 
 def run_all(tmp: Path, model: str, *extra: str, epochs: int = 30) -> dict:
@@ -220,22 +225,17 @@ def test_bad_inputs_fail_clearly(tmp_path, capsys):
     assert "do not line up" in capsys.readouterr().err
     (folder / "pre_vectors_6.pt").unlink()
     (folder / "post_vectors_6.pt").unlink()
-    # a reconstructor of another model
+    # a reconstructor of another model's vectors
     assert train_recon.main(["--vec_dir", str(tmp_path / "vector" / "lin"), *base]) == 0
-    assert (
-        eval_recon.main(
-            [
-                "--embed_model",
-                "other",
-                "--model_dir",
-                str(tmp_path / "r"),
-                "--vec_root",
-                str(tmp_path / "vector"),
-            ]
-        )
-        == 2
-    )
-    assert "not 'other'" in capsys.readouterr().err
+    write_linear_vectors(tmp_path / "vector", "other", a, n=40)
+    argv = ["--embed_model", "other", "--model_dir", str(tmp_path / "r"), "--vec_root",
+            str(tmp_path / "vector")]  # fmt: skip
+    assert eval_recon.main(argv) == 2
+    assert "was trained on vectors of" in capsys.readouterr().err
+    # a resumed run with another schedule would not continue the same run
+    argv = ["--vec_dir", str(tmp_path / "vector" / "lin"), *base, "--resume", "--lr", "1e-2"]
+    assert train_recon.main(argv) == 2
+    assert "pass the same flags" in capsys.readouterr().err
     # wrong dimensions: a checkpoint made for 12-d vectors resumed on 10-d ones
     write_linear_vectors(tmp_path / "v10", "lin", torch.eye(10), n=40)
     assert (
@@ -277,7 +277,7 @@ def test_missing_inputs(tmp_path, capsys):
 def test_split_all_adds_training_rows_and_keeps_the_held_out_headline(tmp_path):
     import pandas as pd
 
-    from src.training.recon import is_validation
+    from src.recon.data import is_validation
 
     torch.manual_seed(1)
     write_linear_vectors(tmp_path / "vector", "lin", torch.linalg.qr(torch.randn(12, 12))[0])
@@ -301,3 +301,136 @@ def test_split_all_adds_training_rows_and_keeps_the_held_out_headline(tmp_path):
     assert by["val"]["reconstructor"]["n"] + by["train"]["reconstructor"]["n"] == 240
     val = rows[(rows.split == "val") & (rows.method == "reconstructor")]
     assert by["val"]["reconstructor"]["cosine"] == pytest.approx(val.cosine.mean())
+
+
+def train_argv(vec: Path, out: Path, *extra: str) -> list[str]:
+    """A quick train_recon run: small MLP, one epoch unless `extra` says otherwise."""
+    return ["--vec_dir", str(vec), "--out_dir", str(out), "--normalize", "--epochs", "1",
+            "--batch_size", "16", "--hidden_size", "16", "--num_layers", "2", "--no_progress",
+            *extra]  # fmt: skip
+
+
+def test_seed_does_not_move_the_split(tmp_path):
+    """--seed seeds initialisation and shuffling only; the held-out images are --split_seed's."""
+    from src.data.paths import shard_dirs
+    from src.recon.data import iter_pairs, pair_sources
+
+    torch.manual_seed(1)
+    vec = tmp_path / "vector" / "lin"
+    write_linear_vectors(tmp_path / "vector", "lin", torch.linalg.qr(torch.randn(12, 12))[0])
+    sources = pair_sources(shard_dirs(vec))
+
+    def split_of(out: Path) -> tuple[set[str], set[str]]:
+        cfg = json.loads((out / "recon_config.json").read_text())
+        split = dict(val_fraction=cfg["val_fraction"], split_seed=cfg["split_seed"])
+        return tuple(  # type: ignore[return-value]
+            {k for k, _, _ in iter_pairs(sources, split=s, **split)} for s in ("train", "val")
+        )
+
+    for seed, split_seed in ((0, 0), (1, 0), (0, 1)):
+        out = tmp_path / f"r_{seed}_{split_seed}"
+        argv = train_argv(vec, out, "--seed", str(seed), "--split_seed", str(split_seed))
+        assert train_recon.main(argv) == 0
+    a, b, c = (split_of(tmp_path / f"r_{s}_{t}") for s, t in ((0, 0), (1, 0), (0, 1)))
+    assert a == b and a != c  # the seed leaves the split alone; the split seed moves it
+    assert a[0] and a[1] and not a[0] & a[1]
+    # the seed still does its job: other initial weights, other trained weights
+    from safetensors.torch import load_file
+
+    wa = load_file(str(tmp_path / "r_0_0" / "best_model.safetensors"))
+    wb = load_file(str(tmp_path / "r_1_0" / "best_model.safetensors"))
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+    manifest = json.loads((tmp_path / "r_1_0" / "manifest.json").read_text())
+    assert manifest["config"]["split_seed"] == 0 and manifest["fit"]["seed"] == 1
+
+
+def test_identity_comes_from_the_vectors_manifests(tmp_path, capsys):
+    torch.manual_seed(1)
+    vec = tmp_path / "vector" / "lin"
+    write_linear_vectors(tmp_path / "vector", "lin", torch.eye(12), n=40)
+    assert train_recon.main(train_argv(vec, tmp_path / "r")) == 0  # no --embed_model needed
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["upstream"] == identity("lin")
+    assert json.loads((tmp_path / "r" / "recon_config.json").read_text())["embed_model"] == "lin"
+    capsys.readouterr()
+    # a flag that disagrees with the manifests is an error, unless the user insists
+    assert train_recon.main([*train_argv(vec, tmp_path / "x"), "--embed_model", "llava"]) == 2
+    err = capsys.readouterr().err
+    assert "--embed_model llava disagrees with" in err and "--override_model" in err
+    argv = [*train_argv(vec, tmp_path / "x"), "--embed_model", "llava", "--override_model"]
+    assert train_recon.main(argv) == 0
+    upstream = json.loads((tmp_path / "x" / "manifest.json").read_text())["upstream"]
+    assert upstream["model"] == "llava" and upstream["overridden"] == {"model": "lin"}
+
+
+def export_argv(tmp: Path, *extra: str) -> list[str]:
+    return ["--embed_model", "lin", "--vec_root", str(tmp / "vector"), "--model_dir",
+            str(tmp / "r"), "--out_base", str(tmp / "vector_recon"), "--no_progress",
+            *extra]  # fmt: skip
+
+
+def test_user_error_mid_run_is_one_line(tmp_path, capsys):
+    """NaN in the second shard's vectors, found half-way through the export: shard s0 is
+    finished, then one `error:` line naming the file, exit code 2, no traceback."""
+    torch.manual_seed(1)
+    write_linear_vectors(tmp_path / "vector", "lin", torch.eye(12), n=40)
+    assert train_recon.main(train_argv(tmp_path / "vector" / "lin", tmp_path / "r")) == 0
+    s1 = vector_shard_dir(tmp_path / "vector", "lin", "s1")
+    from src.data.vectors import load_chunk
+
+    post = load_chunk(s1 / "post_vectors_1.pt")
+    post.vectors[3] = float("nan")
+    save_chunk(s1, "post", 1, post)
+    capsys.readouterr()
+    assert export_recon.main(export_argv(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert str(s1 / "post_vectors_1.pt") in err and "NaN or Inf" in err
+    assert (tmp_path / "vector_recon" / "lin" / "s0" / "manifest.json").exists()
+    assert not (tmp_path / "vector_recon" / "lin" / "s1" / "manifest.json").exists()
+
+
+def test_export_shards_and_skips_what_is_done_wherever_it_lies(tmp_path, capsys):
+    """export_recon declares one shard per vector shard; --shards NAME makes its done rule
+    about that shard; a finished run copied elsewhere is still finished (no absolute path
+    in what --skip_existing compares)."""
+    import shutil
+
+    from src.errors import InputMissing
+
+    stage = export_recon.STAGE
+    with pytest.raises(InputMissing):
+        stage.shards(stage.parse(export_argv(tmp_path)))  # no vectors yet
+    torch.manual_seed(1)
+    write_linear_vectors(tmp_path / "vector", "lin", torch.eye(12), n=40)
+    assert train_recon.main(train_argv(tmp_path / "vector" / "lin", tmp_path / "r")) == 0
+    args = stage.parse(export_argv(tmp_path, "--skip_existing"))
+    assert stage.shards(args) == ["s0", "s1"]
+    assert export_recon.main(export_argv(tmp_path, "--shards", "s0")) == 0
+    assert stage.is_done(stage.for_shard(args, "s0"))
+    assert not stage.is_done(stage.for_shard(args, "s1")) and not stage.is_done(args)
+    assert export_recon.main(export_argv(tmp_path, "--skip_existing")) == 0
+    out = capsys.readouterr().out
+    assert "s0: complete, skipped" in out and "s1: 20 images reconstructed" in out
+    assert stage.is_done(args)
+    eval_argv = ["--embed_model", "lin", "--vec_root", str(tmp_path / "vector"), "--model_dir",
+                 str(tmp_path / "r"), "--recon_root", str(tmp_path / "vector_recon"),
+                 "--out_dir", str(tmp_path / "results"), "--bootstrap", "20", "--no_progress",
+                 "--skip_existing"]  # fmt: skip
+    assert eval_recon.main(eval_argv) == 0
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("vector", "r", "vector_recon", "results"):
+        shutil.copytree(tmp_path / name, moved / name)
+    for module, argv in ((export_recon, export_argv(tmp_path, "--skip_existing")),
+                         (eval_recon, eval_argv)):  # fmt: skip
+        argv = [a.replace(str(tmp_path), str(moved)) for a in argv]
+        assert module.STAGE.is_done(module.STAGE.parse(argv)), module
+    # a reconstructor trained again (another seed) does not pass for the one that made them
+    assert (
+        train_recon.main(train_argv(tmp_path / "vector" / "lin", tmp_path / "r", "--seed", "3"))
+        == 0
+    )
+    capsys.readouterr()
+    assert export_recon.main(export_argv(tmp_path, "--skip_existing")) == 2
+    assert "holds output for reconstructor=" in capsys.readouterr().err

@@ -17,6 +17,11 @@ def vector_shard_dir(out_dir: Path, model: str, shard: str) -> Path:
     return Path(out_dir) / model / shard
 
 
+def vector_dir(out_dir: Path, model: str) -> Path:
+    """data/vector/<model>: one model's vectors, a folder per shard (vector_shard_dir)."""
+    return Path(out_dir) / model
+
+
 def reference_shard_dir(out_dir: Path, shard: str) -> Path:
     """data/clip_ref/<shard>: one reference encoder's embeddings for one image shard."""
     return Path(out_dir) / shard
@@ -64,6 +69,27 @@ def shard_dirs(folder: Path, shards: list[str] | None = None) -> list[Path]:
     if not names:
         raise InputMissing(f"no vector chunks under {folder}")
     return [folder / n for n in names]
+
+
+def recon_dir(root: Path, model: str) -> Path:
+    """data/recon/<model>: a trained reconstructor (weights, config, statistics, checkpoint)."""
+    return Path(root) / model
+
+
+def connector_dir(root: Path, name: str) -> Path:
+    """data/connector/<name>: a trained connector (connector.safetensors + config.json)."""
+    return Path(root) / name
+
+
+def connector_work_dir(root: Path, name: str) -> Path:
+    """data/train_connector/<name>: train_connector's feature cache, checkpoint, evaluation."""
+    return Path(root) / name
+
+
+def connector_feature_dir(work_dir: Path, vision: str, grid: int, shard: str) -> Path:
+    """<work_dir>/features/<vision>_g<grid>/<shard>: a frozen tower's cached tokens of a shard
+    (a hub id's '/' becomes '--')."""
+    return Path(work_dir) / "features" / f"{vision.replace('/', '--')}_g{grid}" / shard
 
 
 # Result tables (results/ or a committed copy such as sample/results): stages write them, plots

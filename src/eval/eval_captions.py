@@ -19,9 +19,9 @@ from src.metrics.text import BertScorer
 from src.models import load_for_stage
 from src.models.base import DEFAULT_PROMPT, VLMAdapter
 from src.models.captioning import caption_shard, stored
+from src.recon.model import STATS_NAME, NormStats, load_recon, reconstruct
 from src.runtime import add_runtime_args, csv_list
 from src.stage import Stage
-from src.training.recon import STATS_NAME, NormStats, load_recon, reconstruct
 
 
 def get_args_parser() -> argparse.ArgumentParser:

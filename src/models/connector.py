@@ -19,17 +19,38 @@ CONFIG_NAME = "config.json"
 
 
 @dataclass
-class ConnectorConfig:
-    """Everything needed to rebuild a connector and the VLM it belongs to."""
+class ConnectorArch:
+    """The connector and the VLM around it that a user chooses (train_connector's flags)."""
+
+    num_layers: int = field(
+        default=2, metadata={"help": "Linear layers of the MLP (GELU between them)"}
+    )
+    vision: str = field(
+        default="efficientnet-lite0",
+        metadata={
+            "help": "efficientnet-lite0 or craft-vgg16 (offline) or a hub id/path of a "
+            "CLIP/SigLIP/DINOv2 tower"
+        },
+    )
+    lm: str = field(
+        default="smollm2-135m-instruct",
+        metadata={"help": "smollm2-135m-instruct (offline) or a causal LM hub id/path"},
+    )
+    grid: int = field(
+        default=4, metadata={"help": "offline tower token grid per side (4 -> 16 tokens)"}
+    )
+    prompt: str = field(
+        default="Describe the image.", metadata={"help": "the instruction after the image"}
+    )
+
+
+@dataclass(kw_only=True)
+class ConnectorConfig(ConnectorArch):
+    """Everything needed to rebuild a connector and the VLM it belongs to (its config.json)."""
 
     in_dim: int  # vision token width (E_pre)
     out_dim: int  # LM embedding width (E_post)
     hidden_dim: int
-    num_layers: int = 2
-    vision: str = "efficientnet-lite0"  # vision tower name or hub id
-    lm: str = "smollm2-135m-instruct"  # LM name or hub id
-    grid: int = 4  # vision tokens per side after pooling (offline towers only)
-    prompt: str = "Describe the image."
     training: dict[str, Any] = field(default_factory=dict)  # command, data, steps, metrics
 
 

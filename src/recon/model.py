@@ -1,86 +1,71 @@
-"""E_post -> E_pre reconstructors, their normalisation statistics and the streamed paired data."""
+"""Reconstructor models E_post -> E_pre, their configuration, normalisation statistics and files.
+
+A trained reconstructor is a folder: best_model.safetensors (and last_model.safetensors),
+recon_config.json, norm_stats.safetensors, and the manifest train_recon writes last.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from src.data.identity import IDENTITY_KEYS, upstream_identity, vector_identity
 from src.data.io import atomic_write, write_json_atomic
-from src.data.paths import chunk_path, list_chunk_indices
-from src.data.vectors import check_aligned, load_chunk
+from src.errors import InputMissing, UserError
 
 STATS_NAME = "norm_stats.safetensors"  # beside the reconstructor's weights
-
-# --------------------------------------------------------------------------------------------
-# Paired data, streamed chunk by chunk
-
-
-@dataclass(frozen=True)
-class PairSource:
-    """One (pre, post) chunk pair of one shard."""
-
-    shard_dir: Path
-    index: int
-
-    def load(self) -> tuple[list[str], list[torch.Tensor], list[torch.Tensor]]:
-        pre = load_chunk(chunk_path(self.shard_dir, "pre", self.index))
-        post = load_chunk(chunk_path(self.shard_dir, "post", self.index))
-        check_aligned(pre, post, f"{self.shard_dir} chunk {self.index}")
-        return pre.keys, pre.items(), post.items()
+CONFIG_NAME = "recon_config.json"
+BEST = "best_model"  # the weights of the best held-out epoch: what later stages load
 
 
-def pair_sources(dirs: list[Path]) -> list[PairSource]:
-    out = []
-    for d in dirs:
-        pre, post = list_chunk_indices(d, "pre"), list_chunk_indices(d, "post")
-        if pre != post:
-            raise ValueError(f"{d}: pre chunks {pre} and post chunks {post} differ")
-        out += [PairSource(d, i) for i in pre]
-    return out
+@dataclass
+class ReconOptions:
+    """The reconstructor a user chooses (train_recon's flags); the vectors fix the rest."""
+
+    model_type: Literal["mlp", "transformer"] = field(
+        default="mlp",
+        metadata={
+            "help": "mlp: per-token map (E_pre tokens = k x E_post tokens, k = 1 for LLaVA, "
+            "4 for a 2x2 merger); transformer: learned E_pre queries attending to E_post "
+            "(token counts differ, e.g. a resampler)"
+        },
+    )
+    num_layers: int = field(default=3, metadata={"help": "layers of the MLP / decoder"})
+    num_heads: int = field(default=8, metadata={"help": "attention heads (transformer)"})
+    hidden_size: int = field(default=1024, metadata={"help": "hidden width"})
+    normalize: bool = field(
+        default=False,
+        metadata={"help": "standardise E_pre and E_post per channel (training-split statistics)"},
+    )
+    val_fraction: float = field(
+        default=0.1,
+        metadata={"help": "held-out share of the images, chosen by a hash of the image key"},
+    )
+    split_seed: int = field(
+        default=0,
+        metadata={
+            "help": "seed of the held-out split (recorded, so later stages find the same "
+            "images); --seed does not move it"
+        },
+    )
 
 
-def is_validation(key: str, val_fraction: float, seed: int = 0) -> bool:
-    """Deterministic split by key: the same image is held out whatever the chunking or order."""
-    h = int.from_bytes(hashlib.sha1(f"{seed}:{key}".encode()).digest()[:8], "big")
-    return (h % 1_000_000) < val_fraction * 1_000_000
+@dataclass(kw_only=True)
+class ReconConfig(ReconOptions):
+    """Everything needed to rebuild a trained reconstructor (its recon_config.json)."""
 
-
-def iter_pairs(
-    sources: list[PairSource],
-    *,
-    split: str,
-    val_fraction: float,
-    split_seed: int = 0,
-    shuffle_seed: int | None = None,
-) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(key, pre (T_pre, D_pre), post (T_post, D_post)) of one split, one chunk in memory.
-
-    shuffle_seed: shuffle chunk order and items within each chunk (a function of the seed only).
-    """
-    order = list(range(len(sources)))
-    g = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
-    if g is not None:
-        order = torch.randperm(len(order), generator=g).tolist()
-    for si in order:
-        keys, pre, post = sources[si].load()
-        idx = list(range(len(keys)))
-        if g is not None:
-            idx = torch.randperm(len(idx), generator=g).tolist()
-        for i in idx:
-            if is_validation(keys[i], val_fraction, split_seed) == (split == "val"):
-                yield keys[i], pre[i], post[i]
-
-
-def check_finite(key: str, *tensors: torch.Tensor) -> None:
-    for t in tensors:
-        if not torch.isfinite(t).all():
-            raise ValueError(f"image {key!r}: NaN or Inf in its vectors")
+    d_post: int
+    d_pre: int
+    t_post: int | None  # fixed token counts (None: varies per image)
+    t_pre: int | None
+    expand: int = 1  # mlp: pre tokens per post token (4 for Qwen's 2x2 patch merger)
+    embed_model: str = ""  # the model whose vectors it was trained on
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,6 +94,8 @@ class NormStats:
 
     @classmethod
     def load(cls, path: Path) -> NormStats:
+        if not Path(path).exists():
+            raise InputMissing(f"{path} not found: the reconstructor's training has not finished")
         return cls(**load_file(str(path)))
 
     @classmethod
@@ -116,56 +103,8 @@ class NormStats:
         return cls(torch.zeros(d_pre), torch.ones(d_pre), torch.zeros(d_post), torch.ones(d_post))
 
 
-class RunningMoments:
-    """Per-channel mean / std over streamed rows, in float64 (sums of squares of 1e5 x 576 rows
-    lose digits in float32)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.s: torch.Tensor | None = None
-        self.ss: torch.Tensor | None = None
-
-    def update(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).double()
-        self.n += x.shape[0]
-        self.s = x.sum(0) if self.s is None else self.s + x.sum(0)
-        self.ss = (x * x).sum(0) if self.ss is None else self.ss + (x * x).sum(0)
-
-    def result(self, rel_floor: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel (mean, std). std is floored at rel_floor x the mean channel std: a channel
-        that barely moves in the training split (dead ReLU units, padding) would otherwise turn
-        any later movement into a huge standardised error."""
-        if self.n < 2 or self.s is None or self.ss is None:
-            raise ValueError("need at least two rows to estimate normalisation statistics")
-        mean = self.s / self.n
-        var = (self.ss / self.n - mean * mean).clamp(min=0) * self.n / (self.n - 1)
-        std = var.sqrt()
-        floor = max(float(std.mean()) * rel_floor, 1e-8)
-        return mean.float(), std.clamp(min=floor).float()
-
-
 # --------------------------------------------------------------------------------------------
 # Models
-
-
-@dataclass
-class ReconConfig:
-    model_type: str  # mlp | transformer
-    d_post: int
-    d_pre: int
-    t_post: int | None  # fixed token counts (None: varies per image)
-    t_pre: int | None
-    expand: int = 1  # mlp: pre tokens per post token (4 for Qwen's 2x2 patch merger)
-    hidden_size: int = 1024
-    num_layers: int = 3
-    num_heads: int = 8
-    normalize: bool = True
-    embed_model: str = ""
-    val_fraction: float = 0.1  # the held-out split, so later stages can find the same images
-    split_seed: int = 0
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
 
 class MLPRecon(torch.nn.Module):
@@ -197,7 +136,10 @@ class TransformerRecon(torch.nn.Module):
     def __init__(self, cfg: ReconConfig) -> None:
         super().__init__()
         if cfg.t_pre is None:
-            raise ValueError("the transformer reconstructor needs a fixed E_pre token count")
+            raise UserError(
+                "the transformer reconstructor needs the same E_pre token count for every "
+                "image; these vectors vary"
+            )
         self.cfg = cfg
         h = cfg.hidden_size
         self.inp = torch.nn.Linear(cfg.d_post, h)
@@ -223,8 +165,8 @@ def build_recon(cfg: ReconConfig) -> torch.nn.Module:
     try:
         return RECON_MODELS[cfg.model_type](cfg)
     except KeyError:
-        raise ValueError(
-            f"unknown --model_type {cfg.model_type!r}; choose {', '.join(RECON_MODELS)}"
+        raise UserError(
+            f"unknown reconstructor model_type {cfg.model_type!r}; choose {', '.join(RECON_MODELS)}"
         ) from None
 
 
@@ -232,25 +174,74 @@ def save_recon(model: torch.nn.Module, cfg: ReconConfig, folder: Path, name: str
     """folder/<name>.safetensors + folder/recon_config.json."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(folder / f"{name}.safetensors", lambda tmp: save_file(state, str(tmp)))
-    write_json_atomic(folder / "recon_config.json", asdict(cfg))
+    write_json_atomic(folder / CONFIG_NAME, asdict(cfg))
     return folder / f"{name}.safetensors"
 
 
+def read_config(folder: Path) -> ReconConfig:
+    path = Path(folder) / CONFIG_NAME
+    if not path.exists():
+        raise InputMissing(
+            f"{folder} has no {CONFIG_NAME}: not a reconstructor folder (train one with "
+            f"python -m src.train.train_recon --out_dir {folder})"
+        )
+    return ReconConfig(**json.loads(path.read_text(encoding="utf-8")))
+
+
 def load_recon(
-    folder: Path, embed_model: str | None = None, name: str = "best_model"
+    folder: Path, embed_model: str | None = None, name: str = BEST
 ) -> tuple[torch.nn.Module, ReconConfig]:
     """Load a saved reconstructor; embed_model, when given, must be the one it was trained for."""
-    cfg_path = Path(folder) / "recon_config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{folder} has no recon_config.json: not a reconstructor folder")
-    cfg = ReconConfig(**json.loads(cfg_path.read_text(encoding="utf-8")))
+    cfg = read_config(folder)
     if embed_model is not None and cfg.embed_model != embed_model:
-        raise ValueError(
-            f"{folder} holds a reconstructor for {cfg.embed_model!r}, not {embed_model!r}"
+        raise UserError(
+            f"{folder} holds a reconstructor for {cfg.embed_model!r}, not {embed_model!r}; "
+            "pass the reconstructor of that model (--model_dir)"
         )
     model = build_recon(cfg)
-    model.load_state_dict(load_file(str(Path(folder) / f"{name}.safetensors")))
+    weights = Path(folder) / f"{name}.safetensors"
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except FileNotFoundError:
+        raise InputMissing(
+            f"{weights} not found: the reconstructor's training has not finished"
+        ) from None
+    except RuntimeError as e:
+        raise UserError(f"{weights} does not match its {CONFIG_NAME}: {e}") from None
     return model.eval(), cfg
+
+
+def recon_identity(folder: Path) -> dict[str, Any]:
+    """What a trained reconstructor is, wherever its folder lies: its config, the identity of
+    the vectors it was trained on (its manifest's upstream) and a hash of the weights later
+    stages load. Outputs made with it record this; --skip_existing compares it."""
+    upstream = upstream_identity(folder)
+    weights = Path(folder) / f"{BEST}.safetensors"
+    return {
+        "config": asdict(read_config(folder)),
+        "upstream": upstream,
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+    }
+
+
+def provenance(
+    folder: Path, vec_dir: Path, shards: list[str] | None, *, override: bool
+) -> dict[str, Any]:
+    """What an output made with reconstructor `folder` from the vectors in `vec_dir` records and
+    --skip_existing compares: {"upstream": the vectors' model, "reconstructor": recon_identity}.
+
+    A reconstructor trained on another model's (or checkpoint's) vectors is a UserError unless
+    `override` (--override_model)."""
+    recon = recon_identity(folder)
+    vectors = vector_identity(vec_dir, shards)
+    trained = {k: recon["upstream"].get(k) for k in IDENTITY_KEYS}
+    if trained != {k: vectors.get(k) for k in IDENTITY_KEYS} and not override:
+        raise UserError(
+            f"{folder} was trained on vectors of {trained}, but {vec_dir} holds vectors of "
+            f"{vectors}; pass the reconstructor of these vectors (--model_dir) or "
+            "--override_model to use it anyway"
+        )
+    return {"upstream": vectors, "reconstructor": recon}
 
 
 def reconstruct(
