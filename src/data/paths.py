@@ -61,13 +61,13 @@ def shard_dirs(folder: Path, shards: list[str] | None = None) -> list[Path]:
     if any(_CHUNK_RE.match(p.name) for p in folder.glob("*_vectors_*.pt")):
         return [folder]
     names = list_vector_shards(folder)
+    if not names:
+        raise InputMissing(f"no vector chunks under {folder}")
     if shards:
         missing = sorted(set(shards) - set(names))
         if missing:
             raise UserError(f"shard(s) {missing} not in {folder} (it has {', '.join(names)})")
         names = [n for n in names if n in shards]
-    if not names:
-        raise InputMissing(f"no vector chunks under {folder}")
     return [folder / n for n in names]
 
 
