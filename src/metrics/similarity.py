@@ -186,9 +186,13 @@ GRAM_NULL_MAX_BYTES = 2 * 2**30
 GATHER_COST = 100.0
 
 
-def _use_gram_null(n: int, dx: int, dy: int, itemsize: int) -> bool:
-    """Per case: the N x N form when its per-permutation cost and its memory are the smaller."""
-    return 2 * n * n * itemsize <= GRAM_NULL_MAX_BYTES and GATHER_COST * n < dx * dy
+def _use_gram_null(n: int, dx: int, dy: int, itemsize: int, n_perm: int) -> bool:
+    """Per case: the N x N form when its total cost (building the two Gram matrices,
+    N^2 (Dx + Dy), then n_perm gathers of N^2) and its memory are the smaller."""
+    if 2 * n * n * itemsize > GRAM_NULL_MAX_BYTES:
+        return False
+    gram = n * n * (dx + dy) + n_perm * GATHER_COST * n * n
+    return gram < n_perm * n * dx * dy
 
 
 def _gram_null_cross(kc: Tensor, lc: Tensor, perms: Iterator[Tensor]) -> Tensor:
@@ -220,7 +224,7 @@ def _linear_null_cross(
     n, dx, dy = xc.shape[0], xc.shape[1], yc.shape[1]
     perms = list(_permutations(n, n_perm, seed))
     if gram is None:
-        gram = _use_gram_null(n, dx, dy, xc.element_size())
+        gram = _use_gram_null(n, dx, dy, xc.element_size(), n_perm)
     if gram:
         return _gram_null_cross(xc @ xc.T, yc @ yc.T, iter(perms)), perms
     cross = torch.stack([(yc[p.to(xc.device)].T @ xc).square().sum() for p in perms])
