@@ -11,6 +11,7 @@ from src.metrics.similarity import (
     kernel_cka,
     linear_cka,
     linear_cka_permutation_test,
+    linear_cka_permutation_tests,
     linear_hsic,
     permutation_test,
     rbf_cka,
@@ -169,6 +170,40 @@ def test_fast_linear_null_equals_the_generic_one(unbiased):
     assert fast.observed == pytest.approx(slow.observed, rel=1e-12)
     torch.testing.assert_close(fast.null, slow.null, rtol=1e-9, atol=1e-12)
     assert fast.p_value == slow.p_value
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_gram_and_feature_space_nulls_agree(unbiased):
+    # The two exact forms of the permuted cross term: N x N Gram (<K_c, P^T L_c P>) and feature
+    # space (||Y_c^T P X_c||^2), on data where each form is the one the cost rule would pick.
+    from src.metrics.similarity import _linear_tests
+
+    for n, dx, dy in ((30, 40, 50), (200, 3, 4)):
+        g = torch.Generator().manual_seed(n)
+        x = torch.randn(n, dx, dtype=torch.float64, generator=g)
+        y = x[:, :1].repeat(1, dy) + torch.randn(n, dy, dtype=torch.float64, generator=g)
+        (gram,) = _linear_tests(x, y, (unbiased,), 25, 3, torch.float64, gram=True)
+        (feat,) = _linear_tests(x, y, (unbiased,), 25, 3, torch.float64, gram=False)
+        torch.testing.assert_close(gram.null, feat.null, rtol=1e-10, atol=1e-12)
+        assert gram.p_value == feat.p_value
+        slow = permutation_test(
+            lambda a, b: linear_cka(a, b, unbiased=unbiased), x, y, n_perm=25, seed=3
+        )
+        torch.testing.assert_close(
+            linear_cka_permutation_test(x, y, unbiased=unbiased, n_perm=25, seed=3).null,
+            slow.null,
+            rtol=1e-9,
+            atol=1e-12,
+        )
+
+
+def test_both_linear_nulls_at_once_equal_each_alone():
+    x, y = data(n=40, seed=11)
+    both = linear_cka_permutation_tests(x, y, n_perm=30, seed=4)
+    for t, unbiased in zip(both, (False, True), strict=True):
+        alone = linear_cka_permutation_test(x, y, unbiased=unbiased, n_perm=30, seed=4)
+        assert t.observed == alone.observed and t.p_value == alone.p_value
+        assert torch.equal(t.null, alone.null)
 
 
 def test_permutation_p_values_tell_signal_from_chance():

@@ -30,7 +30,7 @@ from src.metrics.neighbors import (
     rank_displacement,
     rank_displacement_chance,
 )
-from src.metrics.similarity import linear_cka_permutation_test, rbf_cka_permutation_test
+from src.metrics.similarity import linear_cka_permutation_tests, rbf_cka_permutation_test
 from src.metrics.spectra import dataset_spectra, token_spectra
 from src.metrics.stats import summarize
 from src.runtime import csv_list, resolve_device
@@ -225,11 +225,11 @@ def similarity_rows(a: Space, b: Space, args, device) -> tuple[list[dict], dict]
     """CKA (linear biased / unbiased, RBF) with permutation p-values, and distance correlation."""
     x, y = a.x.to(device), b.x.to(device)
     rows = []
+    # both linear estimators share one set of permuted cross terms (same permutations)
+    linear = linear_cka_permutation_tests(x, y, n_perm=args.permutations, seed=args.seed)
     for name, test in (
-        ("linear_biased", lambda: linear_cka_permutation_test(
-            x, y, unbiased=False, n_perm=args.permutations, seed=args.seed)),
-        ("linear_unbiased", lambda: linear_cka_permutation_test(
-            x, y, unbiased=True, n_perm=args.permutations, seed=args.seed)),
+        ("linear_biased", lambda: linear[0]),
+        ("linear_unbiased", lambda: linear[1]),
         ("rbf_biased", lambda: rbf_cka_permutation_test(
             x, y, max_n=args.rbf_max_n, n_perm=args.permutations, seed=args.seed)),
     ):  # fmt: skip

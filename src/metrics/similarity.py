@@ -177,6 +177,96 @@ def linear_cka(
     return _ratio(hxy, hxx, hyy)
 
 
+# Above this many bytes for the two N x N Gram matrices the null stays in feature space.
+GRAM_NULL_MAX_BYTES = 2 * 2**30
+# A permuted Gram inner product costs N^2 gathered multiply-adds (two index_selects and a dot,
+# memory-bound); a permuted cross product N Dx Dy multiply-adds at GEMM speed. One of the former
+# cost about this many of the latter (float64, 2 shared CPU cores, N = 2011, Dx = 1280,
+# Dy = 576: 95 ms against 312 ms per permutation; bench/bench_geometry.py --nulls).
+GATHER_COST = 100.0
+
+
+def _use_gram_null(n: int, dx: int, dy: int, itemsize: int, n_perm: int) -> bool:
+    """Per case: the N x N form when its total cost (building the two Gram matrices,
+    N^2 (Dx + Dy), then n_perm gathers of N^2) and its memory are the smaller."""
+    if 2 * n * n * itemsize > GRAM_NULL_MAX_BYTES:
+        return False
+    gram = n * n * (dx + dy) + n_perm * GATHER_COST * n * n
+    return gram < n_perm * n * dx * dy
+
+
+def _gram_null_cross(kc: Tensor, lc: Tensor, perms: Iterator[Tensor]) -> Tensor:
+    """<kc, lc[p][:, p]>_F for each permutation p: (n, n), (n, n) -> (n_perm,) float64.
+
+    = ||Y_c^T P X_c||_F^2 when kc = X_c X_c^T, lc = Y_c Y_c^T. Two index_selects into reused
+    buffers (rows, then columns within each row) and one dot: O(n^2) per permutation, no
+    n x n temporaries allocated per permutation.
+    """
+    rows, both = torch.empty_like(lc), torch.empty_like(lc)
+    flat_k = kc.reshape(-1)
+    out = []
+    for p in perms:
+        p = p.to(lc.device)
+        torch.index_select(lc, 0, p, out=rows)
+        torch.index_select(rows, 1, p, out=both)
+        out.append(torch.dot(flat_k, both.view(-1)))
+    return torch.stack(out).double().cpu()
+
+
+def _linear_null_cross(
+    xc: Tensor, yc: Tensor, n_perm: int, seed: int, gram: bool | None = None
+) -> tuple[Tensor, list[Tensor]]:
+    """||Y_c^T P X_c||_F^2 for n_perm seeded permutations -> ((n_perm,) float64, the perms).
+
+    gram=None picks the cheaper exact form (_use_gram_null); both give the same numbers up to
+    float64 rounding.
+    """
+    n, dx, dy = xc.shape[0], xc.shape[1], yc.shape[1]
+    perms = list(_permutations(n, n_perm, seed))
+    if gram is None:
+        gram = _use_gram_null(n, dx, dy, xc.element_size(), n_perm)
+    if gram:
+        return _gram_null_cross(xc @ xc.T, yc @ yc.T, iter(perms)), perms
+    cross = torch.stack([(yc[p.to(xc.device)].T @ xc).square().sum() for p in perms])
+    return cross.double().cpu(), perms
+
+
+def _linear_tests(
+    x: Tensor,
+    y: Tensor,
+    estimators: tuple[bool, ...],
+    n_perm: int,
+    seed: int,
+    dtype: torch.dtype,
+    gram: bool | None = None,
+) -> list[PermutationTest]:
+    """One PermutationTest per estimator (unbiased flag), sharing the permuted cross terms."""
+    xc, yc, _, _ = _linear_parts(x, y, False, dtype)
+    n = xc.shape[0]
+    if any(estimators):
+        _check_unbiased(n, True)
+    a, b = xc.square().sum(dim=1), yc.square().sum(dim=1)
+    cross, perms = _linear_null_cross(xc, yc, n_perm, seed, gram)
+    tests = []
+    for unbiased in estimators:
+        ua, ub = (a, b) if unbiased else (None, None)
+        hxy = _linear_hsic_centred(xc, yc, ua, ub, unbiased)
+        hxx = _linear_hsic_centred(xc, xc, ua, ua, unbiased, same=True)
+        hyy = _linear_hsic_centred(yc, yc, ub, ub, unbiased, same=True)
+        _check_result(x, y, hxy, hxx, hyy)
+        observed = _ratio(hxy, hxx, hyy)
+        if unbiased:
+            # the unbiased HSIC from the same cross term: only a . b changes with p
+            ab = torch.stack([a @ b[p.to(b.device)] for p in perms]).double().cpu()
+            sa, sb = float(a.sum()), float(b.sum())
+            h = (cross - ab * n / (n - 2) + sa * sb / ((n - 1) * (n - 2))) / (n * (n - 3))
+        else:
+            h = cross / (n - 1) ** 2
+        null = torch.tensor([_ratio(v, hxx, hyy) for v in h], dtype=torch.float64)
+        tests.append(PermutationTest(observed, null, permutation_pvalue(observed, null)))
+    return tests
+
+
 def linear_cka_permutation_test(
     x: Tensor,
     y: Tensor,
@@ -190,21 +280,26 @@ def linear_cka_permutation_test(
 
     Same permutations, and so the same null up to rounding, as
     permutation_test(linear_cka, x, y, n_perm=n_perm, seed=seed); faster because the centred
-    matrices and the two self-HSIC terms do not change under a permutation. Each permutation
-    costs one (Dy x N)(N x Dx) product.
+    matrices and the two self-HSIC terms do not change under a permutation. The permuted cross
+    term ||Y_c^T P X_c||_F^2 costs N Dx Dy in feature space or, once the two N x N Gram
+    matrices exist (N^2 (Dx + Dy) once), N^2 as <K_c, P^T L_c P>: the cheaper exact form is
+    picked per case (_use_gram_null).
     """
-    xc, yc, a, b = _linear_parts(x, y, unbiased, dtype)
-    hxy = _linear_hsic_centred(xc, yc, a, b, unbiased)
-    hxx = _linear_hsic_centred(xc, xc, a, a, unbiased, same=True)
-    hyy = _linear_hsic_centred(yc, yc, b, b, unbiased, same=True)
-    _check_result(x, y, hxy, hxx, hyy)
-    observed = _ratio(hxy, hxx, hyy)
-    null = torch.empty(n_perm, dtype=torch.float64)
-    for t, p in enumerate(_permutations(xc.shape[0], n_perm, seed)):
-        p = p.to(xc.device)
-        bp = None if b is None else b[p]
-        null[t] = _ratio(_linear_hsic_centred(xc, yc[p], a, bp, unbiased), hxx, hyy)
-    return PermutationTest(observed, null, permutation_pvalue(observed, null))
+    return _linear_tests(x, y, (unbiased,), n_perm, seed, dtype)[0]
+
+
+def linear_cka_permutation_tests(
+    x: Tensor,
+    y: Tensor,
+    *,
+    n_perm: int = 1000,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[PermutationTest, PermutationTest]:
+    """(biased, unbiased) linear_cka_permutation_test on the same permutations, for the cost
+    of one: both nulls come from the same permuted cross terms."""
+    biased, unbiased = _linear_tests(x, y, (False, True), n_perm, seed, dtype)
+    return biased, unbiased
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,19 +438,21 @@ def rbf_cka_permutation_test(
 
         def hsic_perm(p: Tensor) -> Tensor:
             return _gram_hsic_unbiased(kt, lt[p][:, p])
-    else:
-        kc, lc = center_gram(k), center_gram(l)
-        hxx, hyy = kc.square().sum(), lc.square().sum()
-        observed = _ratio((kc * lc).sum(), hxx, hyy)
 
-        def hsic_perm(p: Tensor) -> Tensor:
-            # H commutes with permutations: centring L[p][:, p] is lc[p][:, p].
-            return (kc * lc[p][:, p]).sum()
-
-    null = torch.tensor(
-        [_ratio(hsic_perm(p.to(k.device)), hxx, hyy) for p in _permutations(n, n_perm, seed + 1)],
-        dtype=torch.float64,
-    )
+        null = torch.tensor(
+            [
+                _ratio(hsic_perm(p.to(k.device)), hxx, hyy)
+                for p in _permutations(n, n_perm, seed + 1)
+            ],
+            dtype=torch.float64,
+        )
+        return PermutationTest(observed, null, permutation_pvalue(observed, null))
+    kc, lc = center_gram(k), center_gram(l)
+    hxx, hyy = kc.square().sum(), lc.square().sum()
+    observed = _ratio((kc * lc).sum(), hxx, hyy)
+    # H commutes with permutations: centring L[p][:, p] is lc[p][:, p].
+    cross = _gram_null_cross(kc, lc, _permutations(n, n_perm, seed + 1))
+    null = torch.tensor([_ratio(v, hxx, hyy) for v in cross], dtype=torch.float64)
     return PermutationTest(observed, null, permutation_pvalue(observed, null))
 
 
