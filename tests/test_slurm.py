@@ -56,7 +56,7 @@ def work(tmp_path_factory, random_connector_dir, slurm) -> dict:
     tmp = tmp_path_factory.mktemp("slurm")
     images = tmp / "sample"
     assert make_sample.main(["--out", str(images), "--n_scenes", "6", "--shards", "2",
-                             "--size", "64"]) == 0  # fmt: skip
+                             "--size", "64", "--n_per_type", "0"]) == 0  # fmt: skip
     return {"tmp": tmp, "images": images, "connector": random_connector_dir}
 
 

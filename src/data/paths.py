@@ -164,3 +164,23 @@ def figure_values(out: Path, name: str) -> Path:
 def summary_table(out: Path, suffix: str = ".csv") -> Path:
     """<out>/summary.csv (or .json): the study's headline numbers (compute_summary, report)."""
     return Path(out) / f"summary{suffix}"
+
+
+# Imported datasets (src.extract.import_dataset): <out>/shard_<i>/<stem>.jpg + <stem>.txt.
+
+
+def import_shard_name(index: int) -> str:
+    """shard_00000, shard_00001, ...: the index-th block of --shard_size rows."""
+    return f"shard_{index:05d}"
+
+
+def import_shard_dir(out: Path, index: int) -> Path:
+    """<out>/shard_<index>: one block of imported rows (and its manifest)."""
+    return Path(out) / import_shard_name(index)
+
+
+def imported_files(shard_dir: Path, row: int) -> tuple[Path, Path]:
+    """(<shard_dir>/row_<row>.jpg, .txt): a row's image and its captions, keyed by row index,
+    so a key names the dataset row it came from whatever the shard size."""
+    stem = Path(shard_dir) / f"row_{row:09d}"
+    return stem.with_suffix(".jpg"), stem.with_suffix(".txt")

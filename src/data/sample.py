@@ -1,5 +1,10 @@
 """Sample data that needs no network: real photos shipped by scikit-image / scikit-learn, and
-deterministic synthetic scenes whose captions and labels come from the scene itself."""
+deterministic synthetic scenes whose captions and labels come from the scene itself (charts,
+tables and documents: src/data/sample_types.py).
+
+Every image has a <stem>.json label file whose "data_type" says what it is: "scene", "photo",
+"chart", "table" or "document" (DATA_TYPES); per-type comparisons (seed A's) group by it.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from src.data.io import atomic_write
 
 PHOTO_CAPTIONS = Path(__file__).resolve().parents[2] / "sample" / "photo_captions"
 PHOTO_SHARD = "photos"
+DATA_TYPES = ("scene", "photo", "chart", "table", "document")
 
 # Colours far apart in hue: frozen ImageNet features confuse blue/purple and red/orange, which
 # would cap any caption accuracy measured on these scenes.
@@ -127,6 +133,7 @@ def scene_labels(scene: Scene, size: int) -> dict:
         d["bbox"] = [round(cx - r, 1), round(cy - r, 1), round(cx + r, 1), round(cy + r, 1)]
         objects.append(d)
     return {
+        "data_type": "scene",
         "count": len(objects),
         "objects": objects,
         "caption": scene_caption(scene),
@@ -134,25 +141,45 @@ def scene_labels(scene: Scene, size: int) -> dict:
     }
 
 
-def read_labels(image_path: Path) -> dict | None:
-    """The scene labels saved beside an image (<stem>.json), or None for a non-scene image."""
+def read_label_file(image_path: Path) -> dict | None:
+    """The labels saved beside an image (<stem>.json) whatever its type, or None."""
     p = Path(image_path).with_suffix(".json")
     if not p.exists():
         return None
     return json.loads(p.read_text(encoding="utf-8"))
 
 
-def _write_if_missing(path: Path, data: bytes) -> bool:
+def data_type_of(labels: dict | None) -> str | None:
+    """A label file's data type; scenes written before types existed have none but objects."""
+    if labels is None:
+        return None
+    return labels.get("data_type", "scene" if "objects" in labels else None)
+
+
+def read_labels(image_path: Path) -> dict | None:
+    """The scene labels saved beside an image (<stem>.json), or None for a non-scene image
+    (a photo, chart, table or document: their labels are read with read_label_file)."""
+    labels = read_label_file(image_path)
+    return labels if data_type_of(labels) == "scene" else None
+
+
+def write_if_missing(path: Path, data: bytes) -> bool:
+    """Write `data` atomically unless `path` exists: the sample is only ever completed."""
     if path.exists():
         return False
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
     return True
 
 
-def _jpeg(im: Image.Image) -> bytes:
+def jpeg_bytes(im: Image.Image) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=95)
     return buf.getvalue()
+
+
+def label_bytes(labels: dict) -> bytes:
+    """A <stem>.json label file's bytes (stable: same labels, same bytes)."""
+    return (json.dumps(labels, indent=1) + "\n").encode()
 
 
 def scene_shard(i: int, n: int, n_shards: int) -> str:
@@ -176,46 +203,65 @@ def write_scenes(
         if not (img.exists() and stem.with_suffix(".json").exists()):
             scene = make_scene(np.random.default_rng([seed, i]))
             labels = scene_labels(scene, size)
-            _write_if_missing(stem.with_suffix(".txt"), (labels["caption"] + "\n").encode())
-            _write_if_missing(
-                stem.with_suffix(".json"), (json.dumps(labels, indent=1) + "\n").encode()
-            )
-            _write_if_missing(img, _jpeg(render_scene(scene, size)))
+            write_if_missing(stem.with_suffix(".txt"), (labels["caption"] + "\n").encode())
+            write_if_missing(stem.with_suffix(".json"), label_bytes(labels))
+            write_if_missing(img, jpeg_bytes(render_scene(scene, size)))
+        else:
+            _add_data_type(stem.with_suffix(".json"), "scene")
         paths.append(img)
     return paths
 
 
-def photo_arrays() -> dict[str, np.ndarray]:
-    """The colour photos shipped inside scikit-image and scikit-learn (no download)."""
+def _add_data_type(path: Path, data_type: str) -> None:
+    """A label file from before data types existed gets its type (first, as a new file has it),
+    so an older sample folder completed by a rerun matches a fresh one byte for byte."""
+    labels = json.loads(path.read_text(encoding="utf-8"))
+    if "data_type" not in labels:
+        data = label_bytes({"data_type": data_type, **labels})
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def photo_arrays() -> dict[str, tuple[str, np.ndarray]]:
+    """The colour photos shipped inside scikit-image and scikit-learn (no download), by stem:
+    (the package that ships it, its pixels)."""
     import skimage.data
     from sklearn.datasets import load_sample_images
 
-    photos: dict[str, np.ndarray] = {}
+    photos: dict[str, tuple[str, np.ndarray]] = {}
     for cap in sorted(PHOTO_CAPTIONS.glob("*.txt")):
         loader = getattr(skimage.data, cap.stem, None)
         if loader is not None:
             try:
-                photos[cap.stem] = loader()
+                photos[cap.stem] = ("scikit-image", loader())
             except (ModuleNotFoundError, OSError, ValueError):
                 continue  # a file this scikit-image build would have to download
     sk = load_sample_images()
     for name, im in zip(sk.filenames, sk.images, strict=True):
-        photos[Path(name).stem] = im
+        photos[Path(name).stem] = ("scikit-learn", im)
     return {k: v for k, v in photos.items() if (PHOTO_CAPTIONS / f"{k}.txt").exists()}
 
 
 def write_photos(out_root: Path) -> list[Path]:
-    """<out_root>/photos/<stem>.jpg with the committed caption beside it."""
+    """<out_root>/photos/<stem>.jpg with the committed caption and a photo label beside it."""
     folder = Path(out_root) / PHOTO_SHARD
     paths = []
-    for stem, arr in sorted(photo_arrays().items()):
+    for stem, (source, arr) in sorted(photo_arrays().items()):
         img = Image.fromarray(arr)
         if img.mode == "RGBA":  # the scikit-image logo: composite its transparency on white
             canvas = Image.new("RGBA", img.size, (255, 255, 255, 255))
             img = Image.alpha_composite(canvas, img)
         path = folder / f"{stem}.jpg"
-        _write_if_missing(path, _jpeg(img.convert("RGB")))
-        _write_if_missing(path.with_suffix(".txt"), (PHOTO_CAPTIONS / f"{stem}.txt").read_bytes())
+        caption = (PHOTO_CAPTIONS / f"{stem}.txt").read_bytes()
+        labels = {
+            "data_type": "photo",
+            "source": source,
+            "captions": caption.decode("utf-8").strip().splitlines(),
+            "width": img.width,
+            "height": img.height,
+        }
+        write_if_missing(path.with_suffix(".txt"), caption)
+        write_if_missing(path.with_suffix(".json"), label_bytes(labels))
+        write_if_missing(path, jpeg_bytes(img.convert("RGB")))  # last: its files are there
         paths.append(path)
     return paths
 

@@ -1,4 +1,4 @@
-"""Stage: write the sample data (offline photos + synthetic scenes), deterministically."""
+"""Stage: write the sample data (photos, scenes, charts, tables, documents), deterministically."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from src.data.io import read_manifest, write_manifest
 from src.data.sample import PHOTO_SHARD, file_count, write_photos, write_scenes
+from src.data.sample_types import TYPE_SHARDS, write_typed
 from src.errors import UserError
 from src.stage import Stage
 
@@ -17,10 +18,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m src.extract.make_sample",
         description="Write the sample images: the colour photos that scikit-image and "
-        "scikit-learn ship (captions from sample/photo_captions) into <out>/photos, and "
-        "captioned synthetic scenes (with <stem>.json labels) into <out>/synth_XX. Same "
-        "arguments, same bytes; existing files are kept; <out>/manifest.json, written last, "
-        "records the arguments, and a rerun with the same ones does nothing.",
+        "scikit-learn ship (captions from sample/photo_captions) into <out>/photos, "
+        "captioned synthetic scenes into <out>/synth_XX, and charts, tables and documents "
+        "rendered with matplotlib, each captioned from its own content, into <out>/charts, "
+        "<out>/tables, <out>/documents. Every image has a <stem>.json label with its "
+        "data_type. Same arguments, same bytes; existing files are kept; "
+        "<out>/manifest.json, written last, records the arguments, and a rerun with the same "
+        "ones does nothing.",
     )
     p.add_argument("--out", type=Path, default=Path("data/sample"))
     p.add_argument("--n_scenes", type=int, default=2000)
@@ -29,13 +33,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no_photos", action="store_true")
     p.add_argument("--no_scenes", action="store_true")
+    p.add_argument(
+        "--n_per_type",
+        type=int,
+        default=50,
+        help="charts, tables and documents each (0: none); --n_charts etc. override one type",
+    )
+    for data_type, shard in TYPE_SHARDS.items():
+        p.add_argument(f"--n_{shard}", type=int, help=f"{data_type} images (default --n_per_type)")
     return p
+
+
+def type_counts(args: argparse.Namespace) -> dict[str, int]:
+    """How many charts, tables and documents: each type's own flag, else --n_per_type."""
+    counts = {t: getattr(args, f"n_{shard}") for t, shard in TYPE_SHARDS.items()}
+    return {t: args.n_per_type if n is None else n for t, n in counts.items()}
 
 
 def sample_record(args: argparse.Namespace) -> dict:
     """What a finished sample folder's manifest records; equal records mean equal bytes."""
     keys = ("n_scenes", "shards", "size", "seed", "no_photos", "no_scenes")
-    return {k: getattr(args, k) for k in keys}
+    typed = {f"n_{TYPE_SHARDS[t]}": n for t, n in type_counts(args).items()}
+    return {**{k: getattr(args, k) for k in keys}, **typed}
 
 
 def is_sample_complete(args: argparse.Namespace) -> bool:
@@ -44,13 +63,17 @@ def is_sample_complete(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.n_scenes < 0 or args.shards < 1 or args.size < 32:
-        raise UserError("need --n_scenes >= 0, --shards >= 1, --size >= 32")
+    typed = type_counts(args)
+    if args.n_scenes < 0 or args.shards < 1 or args.size < 32 or min(typed.values()) < 0:
+        raise UserError("need --n_scenes, --n_per_type, --n_charts, ... >= 0, --shards >= 1, "
+                        "--size >= 32")  # fmt: skip
     t0 = time.perf_counter()
     if not args.no_photos:
         write_photos(args.out)
     if not args.no_scenes and args.n_scenes:
         write_scenes(args.out, args.n_scenes, args.shards, args.size, args.seed)
+    for data_type, n in typed.items():
+        write_typed(args.out, data_type, n, size=args.size, seed=args.seed)
     folders = sorted(p for p in args.out.iterdir() if p.is_dir()) if args.out.is_dir() else []
     counts = {p.name: file_count(p) for p in folders}
     shown = ", ".join(f"{k} {v}" for k, v in counts.items())
