@@ -27,6 +27,7 @@ from src.data.vectors import iter_chunks
 from src.metrics.captions import attribute_accuracy, first_mention, majority_baseline
 from src.models.connector import ConnectorConfig, MLPConnector, save_connector
 from src.models.mini import DEFAULT_CONNECTOR_DIR, build_composed
+from src.models.towers import OFFLINE_LMS, SMOLLM2
 from src.runtime import add_runtime_args, csv_list, resolve_device, resolve_dtype
 from src.training.connector import TrainConfig, train_connector
 
@@ -67,8 +68,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=int, default=4, help="EfficientNet token grid (4 -> 16 tokens)")
     p.add_argument(
         "--lm",
-        default="smollm2-135m-instruct",
-        help="smollm2-135m-instruct (offline) or a causal LM hub id/path",
+        default=SMOLLM2,
+        help=f"{' or '.join(OFFLINE_LMS)} (offline) or a causal LM hub id/path",
     )
     p.add_argument("--hidden_dim", type=int, help="MLP hidden width (default: the LM's width)")
     p.add_argument("--num_layers", type=int, default=2)
