@@ -34,7 +34,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def perturb_tables(perturb_dir: Path) -> list[Path]:
-    tables = sorted(perturb_captions_dir(perturb_dir, "*", "*").glob("*.csv"))
+    # Path.glob does not expand wildcards in the path it is called on: one pattern for all three.
+    tables = sorted(Path(perturb_dir).glob("*/*/*.csv"))
     if not tables:
         raise InputMissing(f"no <model>/<mode>/<shard>.csv tables under {perturb_dir}")
     return tables

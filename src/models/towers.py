@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -149,9 +150,27 @@ def load_smollm2(device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Mod
 
 
 def load_causal_lm(
-    lm_id: str, device: torch.device, dtype: torch.dtype, *, trust_remote_code: bool = False
+    lm_id: str, device: torch.device | str, dtype: torch.dtype, *, trust_remote_code: bool = False
 ) -> tuple[torch.nn.Module, object]:
-    """A causal LM by hub id or local path, or the offline SmolLM2 for `smollm2-135m-instruct`."""
+    """A causal LM by hub id or local path, or the offline SmolLM2 for `smollm2-135m-instruct`.
+
+    Loaded once per process and shared: the pipeline runs its stages in one process and six of
+    them build `mini`, each of which used to load the LM again. The LM is frozen (eval, no
+    grad) and no caller changes it (ComposedVLM moves only its vision tower and connector), so
+    sharing one object is safe. Bounded, so a process that goes through several LMs does not keep
+    them all; `clear_lm_cache()` empties it (tests, a folder rewritten in place).
+    """
+    return _load_causal_lm(lm_id, torch.device(device), dtype, trust_remote_code)
+
+
+def clear_lm_cache() -> None:
+    _load_causal_lm.cache_clear()
+
+
+@functools.lru_cache(maxsize=2)
+def _load_causal_lm(
+    lm_id: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool
+) -> tuple[torch.nn.Module, object]:
     if lm_id == SMOLLM2:
         return load_smollm2(device, dtype)
     from transformers import AutoModelForCausalLM, AutoTokenizer
