@@ -207,19 +207,35 @@ class ComposedVLM(torch.nn.Module):
     def generate(
         self, post: torch.Tensor, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 32
     ) -> list[str]:
-        """Greedy captions from connector outputs post (B, T, D)."""
-        embeds = self.embed_prompt(post, prompt)
-        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-        # With inputs_embeds only, generate returns just the new tokens.
-        out = self.lm.generate(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=self.eos_id,
-            pad_token_id=self.eos_id,
-        )
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        """Greedy captions from connector outputs post (B, T, D).
+
+        The greedy loop of transformers' generate (no logits processors: SmolLM2's generation
+        config sets none), except that a caption that has ended leaves the batch: generate keeps
+        every row to the longest caption, and the sample's captions (18 tokens on average, the
+        longest of a batch of 16 about 28) spent a third of their decoding steps on finished
+        rows. The prefix has one length for every image, so no row needs padding or a mask.
+        """
+        rows = post.shape[0]
+        if max_new_tokens <= 0:
+            return [""] * rows
+        out = self.lm(inputs_embeds=self.embed_prompt(post, prompt), use_cache=True,
+                      logits_to_keep=1)  # fmt: skip
+        cache, token = out.past_key_values, out.logits[:, -1].argmax(-1)
+        alive = torch.arange(rows, device=post.device)
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        for step in range(max_new_tokens):
+            for row, t in zip(alive.tolist(), token.tolist(), strict=True):
+                tokens[row].append(t)
+            going = token != self.eos_id
+            if step == max_new_tokens - 1 or not going.any():
+                break
+            if not going.all():
+                keep = going.nonzero().squeeze(1)
+                cache.reorder_cache(keep)
+                alive, token = alive[keep], token[keep]
+            out = self.lm(input_ids=token[:, None], past_key_values=cache, use_cache=True)
+            cache, token = out.past_key_values, out.logits[:, -1].argmax(-1)
+        return [t.strip() for t in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
 
 def build_composed(
@@ -258,6 +274,8 @@ class MiniAdapter(VLMAdapter):
     # Recorded as '<repo>/src/models/weights/mini', so a moved checkout still matches its vectors.
     default_model_id = portable(DEFAULT_CONNECTOR_DIR)
     hook_point = "connector"
+    # the prefix is image tokens and a fixed prompt: nothing else of the inputs is read
+    generates_from_post_alone = True
 
     model: ComposedVLM
 
