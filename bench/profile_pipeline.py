@@ -269,8 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     attributor = Attributor()
     patches = Patches(attributor)
     rows = []
+    stack = contextlib.ExitStack()
     print(f"load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    from src.models.towers import remember_pooled_features
+
     try:
+        stack.enter_context(remember_pooled_features())  # as src.pipeline.main runs the steps
         install(patches)
         wanted = args.steps.split(",") if args.steps else None
         for n, (title, stage_main, stage_argv) in enumerate(pipeline.plan(args)):
@@ -297,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                 return rc
     finally:
         patches.restore()
+        stack.close()
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     total = table.drop(columns="step").sum()
     table = pd.concat([table, pd.DataFrame([{"step": "total", **total}])], ignore_index=True)
