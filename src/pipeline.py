@@ -25,6 +25,7 @@ from src.data.paths import (
 )
 from src.eval import eval_captions, eval_perturb, eval_recon, score_captions, score_perturb
 from src.extract import extract_clip, extract_knn, extract_vectors, make_sample
+from src.models.towers import remember_pooled_features
 from src.plot import report
 from src.train import export_recon, train_recon
 
@@ -165,14 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     t_all = time.perf_counter()
     timings = []
-    for title, stage_main, stage_argv in plan(args):
-        print(f"== {title}", flush=True)
-        t0 = time.perf_counter()
-        rc = stage_main(stage_argv)
-        timings.append((title, time.perf_counter() - t0))
-        if rc != 0:
-            print(f"step '{title}' failed with exit code {rc}", file=sys.stderr)
-            return rc
+    # The steps share one process: the efficientnet-lite0 reference reuses the global average
+    # pool that extraction's forward just computed on the same pixels (towers.py says why).
+    with remember_pooled_features():
+        for title, stage_main, stage_argv in plan(args):
+            print(f"== {title}", flush=True)
+            t0 = time.perf_counter()
+            rc = stage_main(stage_argv)
+            timings.append((title, time.perf_counter() - t0))
+            if rc != 0:
+                print(f"step '{title}' failed with exit code {rc}", file=sys.stderr)
+                return rc
     print(
         f"== done in {time.perf_counter() - t_all:.0f}s "
         f"({', '.join(f'{t}: {s:.0f}s' for t, s in timings)})"

@@ -161,3 +161,38 @@ def test_efficientnet_reference_is_pooled_feature_map(tmp_path):
     with torch.no_grad():
         want = net.net.extract_features(x).mean((2, 3))[0]
     torch.testing.assert_close(_stored(out, "s")[rec.key], want, rtol=1e-4, atol=1e-5)
+
+
+def test_efficientnet_reference_reuses_extractions_forward_bit_for_bit(noise_root, tmp_path,
+                                                                       monkeypatch):  # fmt: skip
+    """Inside remember_pooled_features (the main job) the reference is the global average pool
+    extraction's forward computed on the same pixels: the same vectors, the network not rerun."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from src.extract import extract_vectors
+    from src.models.towers import remember_pooled_features
+
+    def reference(out: Path) -> dict:
+        assert extract_clip.main(["--root", str(noise_root), "--out_dir", str(out), "--model_id",
+                                  "efficientnet-lite0", "--num_workers", "0",
+                                  "--no_progress"]) == 0  # fmt: skip
+        return {(s, k): v for s in ("s0", "s1")
+                for _, c in iter_chunks(out / s, "ref") for k, v in c.by_key().items()}  # fmt: skip
+
+    alone = reference(tmp_path / "alone")
+    calls = []
+    original = EfficientNet.extract_features
+
+    def counted(self, x):
+        calls.append(len(x))
+        return original(self, x)
+
+    monkeypatch.setattr(EfficientNet, "extract_features", counted)
+    with remember_pooled_features():
+        assert extract_vectors.main(["--root", str(noise_root), "--out_dir", str(tmp_path / "v"),
+                                     "--num_workers", "0", "--no_progress"]) == 0  # fmt: skip
+        n_extract = sum(calls)
+        shared = reference(tmp_path / "shared")
+    assert n_extract == 13 and sum(calls) == n_extract  # the reference ran no forward
+    assert shared.keys() == alone.keys()
+    assert all(torch.equal(shared[k], alone[k]) for k in alone)

@@ -57,3 +57,19 @@ def test_efficientnet_grid_is_pooled_feature_map(grid):
     if grid == 7:
         torch.testing.assert_close(tokens.mean(1), fmap.mean((2, 3)))
     assert not net.net.training and not any(p.requires_grad for p in net.parameters())
+
+
+def test_causal_lm_is_loaded_once_per_process_and_equals_a_fresh_load():
+    from src.models.towers import SMOLLM2, clear_lm_cache, load_causal_lm
+
+    cpu = torch.device("cpu")
+    lm, tok = load_causal_lm(SMOLLM2, cpu, torch.float32)
+    again, tok_again = load_causal_lm(SMOLLM2, "cpu", torch.float32)
+    assert again is lm and tok_again is tok  # the pipeline's stages share one LM
+    fresh, _ = load_smollm2(cpu, torch.float32)
+    ids = tok("<|im_start|>user\nName a colour.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(lm(ids).logits, fresh(ids).logits, rtol=0, atol=0)
+    assert not lm.training and not any(p.requires_grad for p in lm.parameters())
+    clear_lm_cache()
+    assert load_causal_lm(SMOLLM2, cpu, torch.float32)[0] is not lm

@@ -14,8 +14,8 @@ from src.cli import add_fields, from_args
 from src.data.io import atomic_write, read_manifest, write_json_atomic, write_manifest
 from src.data.paths import perturb_captions_dir, summary_table
 from src.errors import InputMissing
-from src.metrics.caption_tables import other_image_rows, reference_scores
-from src.metrics.text import score_summary
+from src.metrics.caption_tables import BertColumns, other_image_rows, reference_scores
+from src.metrics.text import BertScorer, score_summary
 from src.models.scoring import Scorers, ScoringConfig, build_scorers
 from src.stage import Stage
 
@@ -41,18 +41,22 @@ def perturb_tables(perturb_dir: Path) -> list[Path]:
     return tables
 
 
-def score_table(path: Path, model: str, scorers: Scorers) -> pd.DataFrame:
-    df = pd.read_csv(path, keep_default_na=False)
-    bert, seed = scorers.bert, scorers.cfg.seed
-    df["bertscore_vs_original"] = bert(df["caption"].tolist(), df["caption_original"].tolist())[
-        "bertscore_f1"
-    ]
+def bertscore_perturb(df: pd.DataFrame, bert: BertScorer, seed: int = 0) -> pd.DataFrame:
+    """Each perturbed caption against the original and the references, in one bert-score call
+    (the columns share most sentences and repeat pairs across levels: BertColumns)."""
+    batch = BertColumns(df, bert)
+    batch.add("bertscore_vs_original", df["caption"].tolist(), df["caption_original"].tolist())
     other = other_image_rows(df, seed)
     if other is not None:  # chance level: clean captions of two different images
-        df["bertscore_vs_original_mismatched"] = bert(
-            df["caption_original"].tolist(), df["caption_original"].iloc[other].tolist()
-        )["bertscore_f1"]
-    df = reference_scores(df, ["caption"], bert, seed)
+        batch.add("bertscore_vs_original_mismatched", df["caption_original"].tolist(),
+                  df["caption_original"].iloc[other].tolist())  # fmt: skip
+    reference_scores(df, ["caption"], bert, seed, batch)
+    return batch.run()
+
+
+def score_table(path: Path, model: str, scorers: Scorers) -> pd.DataFrame:
+    df = pd.read_csv(path, keep_default_na=False)
+    df = bertscore_perturb(df, scorers.bert, scorers.cfg.seed)
     df = scorers.image_text(df, ["caption", "caption_original"])
     df.insert(0, "model", model)
     return df

@@ -28,15 +28,56 @@ def other_image_rows(df: pd.DataFrame, seed: int = 0) -> np.ndarray | None:
     return first_row[derangement(len(uniques), seed).numpy()[codes]]
 
 
+class BertColumns:
+    """BERTScore F1 columns of one table, collected and then computed in one bert-score call
+    (BertScorer.many): each distinct sentence embedded once, each distinct pair scored once.
+
+    A column is created when it is added, so the table's column order and dtypes stay what one
+    call per column gave: a whole column float32 (the scorer's dtype), a column over some rows
+    float64 with NaN elsewhere.
+    """
+
+    def __init__(self, df: pd.DataFrame, bert: BertScorer) -> None:
+        self.df, self.bert = df, bert
+        self.jobs: list[tuple[str, np.ndarray | None, list[str], list]] = []
+
+    def add(self, name: str, cands: list[str], refs: list, rows: np.ndarray | None = None) -> None:
+        """rows None: the column over every row; else only those row positions are scored."""
+        if rows is None:
+            self.df[name] = np.full(len(self.df), np.nan, dtype=np.float32)
+        elif name not in self.df:
+            self.df[name] = float("nan")
+        self.jobs.append((name, rows, cands, refs))
+
+    def run(self) -> pd.DataFrame:
+        f1s = self.bert.many([(cands, refs) for _, _, cands, refs in self.jobs])
+        for (name, rows, _, _), f1 in zip(self.jobs, f1s, strict=True):
+            if rows is None:
+                self.df[name] = f1.numpy()
+            else:
+                self.df.loc[self.df.index[rows], name] = f1.numpy()
+        self.jobs = []
+        return self.df
+
+
 def reference_scores(
-    df: pd.DataFrame, columns: list[str], bert: BertScorer, seed: int = 0
+    df: pd.DataFrame,
+    columns: list[str],
+    bert: BertScorer,
+    seed: int = 0,
+    batch: BertColumns | None = None,
 ) -> pd.DataFrame:
     """bertscore_<col>_ref per caption column; NaN where an image has no reference caption.
 
     Also bertscore_<col>_ref_mismatched, each caption against another image's references (a
     seeded derangement of the captioned images): the chance level a reader compares with, since
     BERTScore without baseline rescaling is far above 0 for unrelated sentences.
+
+    batch: add the columns to it and leave the scoring to its run() (one call for a table);
+    without it they are scored here.
     """
+    own = batch is None
+    batch = BertColumns(df, bert) if batch is None else batch
     refs = df["reference"].map(split_references)
     has = refs.map(bool).to_numpy()
     rows = has.nonzero()[0]
@@ -48,23 +89,22 @@ def reference_scores(
         if not len(rows):
             continue
         captions = df[col].fillna("").to_numpy()
-        f1 = bert(captions[rows].tolist(), refs.iloc[rows].tolist())["bertscore_f1"]
-        df.loc[df.index[rows], f"bertscore_{col}_ref"] = f1.numpy()
+        batch.add(f"bertscore_{col}_ref", captions[rows].tolist(), refs.iloc[rows].tolist(), rows)
         if other is not None:
-            f1 = bert(captions[rows].tolist(), refs.iloc[other].tolist())["bertscore_f1"]
-            df.loc[df.index[rows], f"bertscore_{col}_ref_mismatched"] = f1.numpy()
-    return df
+            batch.add(f"bertscore_{col}_ref_mismatched", captions[rows].tolist(),
+                      refs.iloc[other].tolist(), rows)  # fmt: skip
+    return batch.run() if own else df
 
 
 def bertscore_columns(df: pd.DataFrame, bert: BertScorer, seed: int = 0) -> pd.DataFrame:
     """BERTScore of every caption_* column against the references (reference_scores) and,
     where the table has both, of the reconstructed caption against the original one."""
-    df = reference_scores(df, [c for c in df.columns if c.startswith("caption_")], bert, seed)
+    batch = BertColumns(df, bert)
+    reference_scores(df, [c for c in df.columns if c.startswith("caption_")], bert, seed, batch)
     if "caption_recon" in df and "caption_post" in df:
-        df["bertscore_recon_vs_post"] = bert(
-            df["caption_recon"].fillna("").tolist(), df["caption_post"].fillna("").tolist()
-        )["bertscore_f1"].numpy()
-    return df
+        batch.add("bertscore_recon_vs_post", df["caption_recon"].fillna("").tolist(),
+                  df["caption_post"].fillna("").tolist())  # fmt: skip
+    return batch.run()
 
 
 def clip_scores(
@@ -83,6 +123,8 @@ def nll_scores(
     post: dict[tuple[str, str], torch.Tensor],
     adapter: MiniAdapter,
     seed: int = 0,
+    batch_size: int = 32,
+    prefix_group: int = 64,
 ) -> pd.DataFrame:
     """mini_nll_<col>: mean token NLL of each caption under `mini` given the image's stored
     E_post (post: (shard, key) -> (T, D)). A real image-text score where no CLIP is at hand.
@@ -106,14 +148,27 @@ def nll_scores(
     }
     # Each distinct (image, caption) pair once: perturbation tables repeat the original caption
     # for every level, and mild levels often leave the caption unchanged.
+    from src.models.mini import PrefixStates  # here: importing it loads transformers
+
     unique = list(dict.fromkeys(wanted.values()))
     nll: dict[tuple[tuple[str, str], str], float] = {}
-    for s in range(0, len(unique), 32):
-        batch = unique[s : s + 32]
-        x = torch.stack([post[image] for image, _ in batch]).to(adapter.device)
-        with torch.no_grad():
-            losses = adapter.model.caption_loss(x, [c for _, c in batch]).tolist()
-        nll.update(zip(batch, losses, strict=True))
+    model = adapter.model
+    images = list(dict.fromkeys(image for image, _ in unique))
+    # A group of images at a time: each image's prefix once (prefix_states), then its pairs in
+    # batches of similar caption length (padding is computed too), continuing from the prefix.
+    for g in range(0, len(images), prefix_group):
+        group = images[g : g + prefix_group]
+        slot = {image: i for i, image in enumerate(group)}
+        states = PrefixStates.cat([
+            model.prefix_states(torch.stack([post[im] for im in group[s : s + batch_size]])
+                                .to(adapter.device))
+            for s in range(0, len(group), batch_size)
+        ])  # fmt: skip
+        pairs = sorted((p for p in unique if p[0] in slot), key=lambda p: len(p[1]))
+        for s in range(0, len(pairs), batch_size):
+            batch = pairs[s : s + batch_size]
+            losses = model.caption_nll(states, [slot[im] for im, _ in batch], [c for _, c in batch])
+            nll.update(zip(batch, losses.tolist(), strict=True))
     for name in dict.fromkeys(n for n, _ in wanted):
         df[name] = [nll[wanted[(name, i)]] for i in range(len(rows))]
     return df

@@ -60,6 +60,36 @@ class BertScorer:
             p, r, f = scorer.score(list(cands), list(refs), batch_size=self.batch_size)
         return {"bertscore_p": p, "bertscore_r": r, "bertscore_f1": f}
 
+    def many(self, jobs: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[torch.Tensor]:
+        """F1 of several (candidates, references) lists, in one bert-score call over their
+        distinct pairs: (N_i,) per job, as separate calls would give them up to float rounding
+        (padding within bert-score's batches differs; tests/test_scoring.py pins it).
+
+        bert-score embeds each distinct sentence of a call once but every call afresh, and the
+        scoring stages ask for several columns over the same sentences (captions against
+        references, against another image's references, against the original caption), often
+        with repeated pairs (the original caption at every perturbation level). With idf the
+        weights come from each call's references, so the calls stay separate.
+        """
+        if self.idf:
+            return [self(c, r)["bertscore_f1"] for c, r in jobs]
+        index: dict[tuple[str, tuple[str, ...]], int] = {}
+        where = []
+        for cands, refs in jobs:
+            if len(cands) != len(refs):
+                raise ValueError(f"{len(cands)} candidates for {len(refs)} references")
+            keys = [
+                (c, (r,) if isinstance(r, str) else tuple(r))
+                for c, r in zip(cands, refs, strict=True)
+            ]
+            where.append([index.setdefault(k, len(index)) for k in keys])
+        if not index:
+            return [torch.zeros(0) for _ in jobs]
+        pairs = list(index)
+        # Every pair in the multi-reference form: with one reference, its best match is itself.
+        f1 = self([c for c, _ in pairs], [list(r) for _, r in pairs])["bertscore_f1"]
+        return [f1[torch.tensor(w, dtype=torch.long)] for w in where]
+
 
 @cache
 def _loaded_bert_scorer(backbone: str, num_layers: int, rescale: bool) -> Any:

@@ -47,6 +47,9 @@ class VLMAdapter(ABC):
     name: ClassVar[str]
     default_model_id: ClassVar[str]
     hook_point: ClassVar[str]  # dotted path of the connector module inside the model
+    # True where generate(inputs, post) reads nothing of the inputs but the prompt, so that the
+    # captions of several E_post variants of the same images can be one batch (captioning.py)
+    generates_from_post_alone: ClassVar[bool] = False
 
     def __init__(
         self,

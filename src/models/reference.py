@@ -70,8 +70,9 @@ class EfficientNetReference(ReferenceEncoder):
 
     @torch.no_grad()
     def encode(self, inputs: dict[str, Any], items: list[LoadedImage]) -> torch.Tensor:
-        tokens = self.net(inputs["pixel_values"].to(self.device, self.dtype))  # (B, 49, 1280)
-        return tokens.float().mean(1)
+        # the mean of the 7 x 7 grid's 49 tokens, reused when extraction just computed it
+        # (remember_pooled_features, inside the main job)
+        return self.net.pooled(inputs["pixel_values"].to(self.device, self.dtype))
 
 
 class CraftReference(ReferenceEncoder):

@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
+import hashlib
 import importlib
 import importlib.util
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +69,39 @@ class SquareResize:
         return (x - self.mean) / self.std
 
 
+# Global-average-pooled EfficientNet-Lite0 features by input (weights, dtype, exact pixels), kept
+# while remember_pooled_features() is active; None: off (the default, a stage run on its own).
+_POOLED: OrderedDict[bytes, torch.Tensor] | None = None
+_POOLED_LIMIT = 50_000
+
+
+@contextlib.contextmanager
+def remember_pooled_features(max_images: int = 50_000) -> Iterator[None]:
+    """Within this block every EfficientNet-Lite0 forward also records each image's global
+    average pool (1280 floats), and EfficientNetTokens.pooled() returns the recorded vector for
+    an input it has seen instead of running the network again.
+
+    The main job uses it: extraction runs the network over every image for E_pre, and the
+    efficientnet-lite0 reference, its global average pool, then ran the same network over the
+    same pixels again (85 s of 906 in the issue's profile). The reference cannot be derived from
+    the stored E_pre: its 4 x 4 adaptive pool of the 7 x 7 map has overlapping bins, so the mean
+    of its tokens is not the global average (cosine 0.985 on the sample). A recorded vector is
+    the same computation on the same input (the key is a hash of the exact pixel tensor, its
+    dtype and the weights file), so the reference stays what it is; the stages batch alike (32
+    images, chunks of 400), so the values are the same to the bit. Bounded (least recently used
+    dropped), about 5 KB an image.
+    """
+    global _POOLED, _POOLED_LIMIT
+    if _POOLED is not None:  # nested: the outer block's record serves
+        yield
+        return
+    _POOLED, _POOLED_LIMIT = OrderedDict(), max_images
+    try:
+        yield
+    finally:
+        _POOLED = None
+
+
 class EfficientNetTokens(torch.nn.Module):
     """EfficientNet-Lite0 (ImageNet) final feature map as a token grid.
 
@@ -85,13 +122,46 @@ class EfficientNetTokens(torch.nn.Module):
         files = sorted(weights.glob("efficientnet-lite0-*.pth"))
         if not files:
             raise UserError(f"no EfficientNet-Lite0 weights in {weights}")
+        self.weights_file = str(files[0])
         state = torch.load(files[0], map_location="cpu", weights_only=True)
         self.net.load_state_dict(state)
         self.net.eval()
         self.requires_grad_(False)
 
+    def _keys(self, pixel_values: torch.Tensor) -> list[bytes]:
+        tag = f"{self.weights_file}|{pixel_values.dtype}|{tuple(pixel_values.shape[1:])}".encode()
+        flat = pixel_values.detach().cpu().contiguous()
+        return [hashlib.sha1(tag + x.view(torch.uint8).numpy().tobytes()).digest() for x in flat]
+
+    @staticmethod
+    def _global_pool(fmap: torch.Tensor) -> torch.Tensor:
+        """(B, 1280, h, w) -> (B, 1280) float32: the mean over the token grid."""
+        return fmap.flatten(2).transpose(1, 2).float().mean(1)
+
+    def _remember(self, keys: list[bytes], pooled: torch.Tensor) -> None:
+        assert _POOLED is not None
+        for k, v in zip(keys, pooled.detach().cpu(), strict=True):
+            _POOLED[k] = v.clone()
+            _POOLED.move_to_end(k)
+        while len(_POOLED) > _POOLED_LIMIT:
+            _POOLED.popitem(last=False)
+
+    def pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 224, 224) -> the global average pool of the final feature map (B, 1280) float32,
+        recorded vectors reused inside remember_pooled_features()."""
+        if _POOLED is None:
+            return self._global_pool(self.net.extract_features(pixel_values))
+        keys = self._keys(pixel_values)
+        missing = [i for i, k in enumerate(keys) if k not in _POOLED]
+        if missing:
+            fresh = self._global_pool(self.net.extract_features(pixel_values[missing]))
+            self._remember([keys[i] for i in missing], fresh)
+        return torch.stack([_POOLED[k] for k in keys]).to(pixel_values.device)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         fmap = self.net.extract_features(pixel_values)  # (B, 1280, 7, 7)
+        if _POOLED is not None:
+            self._remember(self._keys(pixel_values), self._global_pool(fmap))
         if self.grid != fmap.shape[-1]:
             fmap = F.adaptive_avg_pool2d(fmap, self.grid)
         return fmap.flatten(2).transpose(1, 2)  # (B, grid*grid, 1280)
@@ -264,7 +334,26 @@ def prompt_layout(lm_id: str) -> PromptLayout:
 
 
 def load_causal_lm(
-    lm_id: str, device: torch.device, dtype: torch.dtype, *, trust_remote_code: bool = False
+    lm_id: str, device: torch.device | str, dtype: torch.dtype, *, trust_remote_code: bool = False
+) -> tuple[torch.nn.Module, object]:
+    """A causal LM by hub id or local path, or an offline one by its OFFLINE_LMS name.
+
+    Loaded once per process and shared: the pipeline runs its stages in one process and six of
+    them build `mini`, each of which used to load the LM again. The LM is frozen (eval, no
+    grad) and no caller changes it (ComposedVLM moves only its vision tower and connector), so
+    sharing one object is safe. Bounded, so a process that goes through several LMs does not keep
+    them all; `clear_lm_cache()` empties it (tests, a folder rewritten in place).
+    """
+    return _load_causal_lm(lm_id, torch.device(device), dtype, trust_remote_code)
+
+
+def clear_lm_cache() -> None:
+    _load_causal_lm.cache_clear()
+
+
+@functools.lru_cache(maxsize=2)
+def _load_causal_lm(
+    lm_id: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool
 ) -> tuple[torch.nn.Module, object]:
     """A causal LM by hub id or local path, or an offline one by its OFFLINE_LMS name."""
     if lm_id in OFFLINE_LMS:
