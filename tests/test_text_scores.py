@@ -98,3 +98,13 @@ def test_bertscore_equals_bert_score_package():
     torch.testing.assert_close(scorer(cands, multi)["bertscore_f1"], f)
     _, _, f = bert_score.score(cands, refs, model_type=scorer.backbone, num_layers=6, idf=True)
     torch.testing.assert_close(BertScorer(idf=True)(cands, refs)["bertscore_f1"], f)
+
+
+def test_bertscore_of_an_empty_caption_is_zero_and_the_rest_unchanged():
+    scorer = BertScorer()
+    cands = ["a red square on the left", "", "two blue circles"]
+    refs = [["a red square"], ["a green star"], ["", "two blue circles in a row"]]
+    got = scorer(cands, refs)["bertscore_f1"]
+    assert got[1] == 0.0  # nothing in an empty caption matches
+    alone = scorer([cands[0], cands[2]], [refs[0], [refs[2][1]]])["bertscore_f1"]
+    assert got[[0, 2]].tolist() == pytest.approx(alone.tolist(), abs=1e-6)

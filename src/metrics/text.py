@@ -44,11 +44,34 @@ class BertScorer:
         self, cands: Sequence[str], refs: Sequence[str] | Sequence[list[str]]
     ) -> dict[str, torch.Tensor]:
         """Per-pair precision, recall and F1: (N,) each. A list of references per candidate
-        scores against the best-matching one (bert-score's multi-reference mode)."""
-        import bert_score
+        scores against the best-matching one (bert-score's multi-reference mode).
 
+        An empty candidate (a caption that ended at once) or one whose references are all
+        empty scores 0: nothing in it matches. bert-score cannot encode an empty sentence with
+        transformers 5 (it calls a tokenizer method that no longer exists), and an empty
+        reference is dropped from a list of several."""
         if len(cands) != len(refs):
             raise ValueError(f"{len(cands)} candidates for {len(refs)} references")
+        kept_refs = [r if isinstance(r, str) else [x for x in r if x.strip()] for r in refs]
+        ok = [
+            bool(c.strip()) and (bool(r.strip()) if isinstance(r, str) else bool(r))
+            for c, r in zip(cands, kept_refs, strict=True)
+        ]
+        if all(ok):
+            return self._score(cands, kept_refs)
+        out = {k: torch.zeros(len(cands)) for k in ("bertscore_p", "bertscore_r", "bertscore_f1")}
+        idx = [i for i, good in enumerate(ok) if good]
+        if idx:
+            scored = self._score([cands[i] for i in idx], [kept_refs[i] for i in idx])
+            for k, v in scored.items():
+                out[k][torch.tensor(idx)] = v.float()
+        return out
+
+    def _score(
+        self, cands: Sequence[str], refs: Sequence[str] | Sequence[list[str]]
+    ) -> dict[str, torch.Tensor]:
+        import bert_score
+
         if self.idf:  # idf weights come from this call's references
             p, r, f = bert_score.score(
                 list(cands), list(refs), model_type=self.backbone, num_layers=self.num_layers,
