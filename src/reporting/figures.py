@@ -193,7 +193,8 @@ def knn_plot(results: Path, models: list[str] | None = None) -> Plot:
         pd.DataFrame(rows),
         "Neighbourhoods and CKA across the connector",
         "Left: the share of each image's k nearest neighbours that two spaces agree on (global "
-        "exact search, self excluded), with 95% bootstrap CIs and the chance level k/(N-1). "
+        "exact search, self excluded), with 95% CIs (network HAC over the kNN graph: images that "
+        "are neighbours are not independent) and the chance level k/(N-1). "
         "Right: CKA between the same spaces; the black tick is the 95th percentile of CKA under "
         "shuffled pairing, so a bar far above it is signal, not small-N inflation.",
     )
@@ -296,7 +297,8 @@ def erank_vs_ref_plot(
         f"Each point is one model's E_pre (circle) or E_post (square); the arrow shows what the "
         f"connector does. x: {MEASURE_NAMES.get(measure, measure)} of each image's centred "
         f"token matrix ({variant}), averaged over images. y: kNN overlap at k={k} between the "
-        "reference space and that space. Bars are 95% bootstrap CIs.",
+        "reference space and that space. Bars are 95% CIs (bootstrap over images for the rank, "
+        "network HAC over the kNN graph for the overlap).",
     )
 
 
