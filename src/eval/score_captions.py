@@ -17,10 +17,14 @@ from src.data.paths import scored_dir, summary_table
 from src.errors import InputMissing
 from src.metrics.caption_tables import bertscore_columns
 from src.metrics.text import score_summary, split_references
-from src.models.scoring import Scorers, ScoringConfig, build_scorers
+from src.models.scoring import (
+    SCORE_PREFIXES,
+    Scorers,
+    ScoringConfig,
+    build_scorers,
+    score_tables,
+)
 from src.stage import Stage
-
-SCORE_PREFIXES = ("bertscore_", "clipscore_", "mini_nll_")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -59,15 +63,11 @@ def score_table(path: Path, scorers: Scorers) -> pd.DataFrame:
 def run(args: argparse.Namespace) -> int:
     tables, out = caption_tables(args.caption_dir), out_dir(args)
     scorers = build_scorers(from_args(ScoringConfig, args))
-    scored = []
-    for path in tables:
-        target = out / path.name
-        reuse = args.skip_existing and target.exists()
-        df = pd.read_csv(target) if reuse else score_table(path, scorers)
-        if not reuse:
-            atomic_write(target, lambda tmp, df=df: df.to_csv(tmp, index=False))
-        scored.append(df)
-    rows = pd.concat(scored, ignore_index=True)
+    rows = score_tables(
+        [(p, out / p.name) for p in tables],
+        lambda p: score_table(p, scorers),
+        skip_existing=args.skip_existing,
+    )
     cols = [c for c in rows.columns if c.startswith(SCORE_PREFIXES)]
     summary = score_summary(rows, [], cols, args.bootstrap, args.seed)
     atomic_write(summary_table(out), lambda tmp: summary.to_csv(tmp, index=False))

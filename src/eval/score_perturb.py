@@ -16,10 +16,14 @@ from src.data.paths import perturb_captions_dir, summary_table
 from src.errors import InputMissing
 from src.metrics.caption_tables import BertColumns, other_image_rows, reference_scores
 from src.metrics.text import BertScorer, score_summary
-from src.models.scoring import Scorers, ScoringConfig, build_scorers
+from src.models.scoring import (
+    SCORE_PREFIXES,
+    Scorers,
+    ScoringConfig,
+    build_scorers,
+    score_tables,
+)
 from src.stage import Stage
-
-SCORE_PREFIXES = ("bertscore_", "clipscore_", "mini_nll_")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -65,16 +69,13 @@ def score_table(path: Path, model: str, scorers: Scorers) -> pd.DataFrame:
 def run(args: argparse.Namespace) -> int:
     tables = perturb_tables(args.perturb_dir)
     scorers = build_scorers(from_args(ScoringConfig, args))
-    scored = []
-    for path in tables:
-        model, mode = path.parent.parent.name, path.parent.name
-        target = perturb_captions_dir(args.out_dir, model, mode) / path.name
-        reuse = args.skip_existing and target.exists()
-        df = pd.read_csv(target) if reuse else score_table(path, model, scorers)
-        if not reuse:
-            atomic_write(target, lambda tmp, df=df: df.to_csv(tmp, index=False))
-        scored.append(df)
-    rows = pd.concat(scored, ignore_index=True)
+
+    def target(p: Path) -> Path:  # <out_dir>/<model>/<mode>/<shard>.csv, as the input
+        return perturb_captions_dir(args.out_dir, p.parent.parent.name, p.parent.name) / p.name
+
+    rows = score_tables([(p, target(p)) for p in tables],
+                        lambda p: score_table(p, p.parent.parent.name, scorers),
+                        skip_existing=args.skip_existing)  # fmt: skip
     cols = [c for c in rows.columns if c.startswith(SCORE_PREFIXES)]
     rows["caption_changed"] = (rows["caption"] != rows["caption_original"]).astype(float)
     by = ["model", "mode", "level"]

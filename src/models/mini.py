@@ -253,7 +253,11 @@ class ComposedVLM(torch.nn.Module):
         logits = self.lm(inputs_embeds=text_emb, attention_mask=mask, past_key_values=cache).logits
         # The prefix's last logit predicts caption token 0, caption token j's predicts j + 1.
         pred = torch.cat([prefix.last_logit[rows, None], logits[:, :-1]], 1).float()  # (B, W, V)
-        nll = F.cross_entropy(pred.transpose(1, 2), target, ignore_index=-100, reduction="none")
+        # one (V,) row per token, as caption_loss does (the strided layout rounds worse)
+        nll = F.cross_entropy(
+            pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=-100,
+            reduction="none",
+        ).view_as(target)  # fmt: skip
         return nll.sum(1) / (target != -100).sum(1)
 
     @torch.no_grad()

@@ -4,6 +4,7 @@ and the model that made it for the NLL score)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -13,6 +14,7 @@ import pandas as pd
 import torch
 
 from src.data.images import list_images, load_image
+from src.data.io import atomic_write
 from src.data.paths import shard_dirs
 from src.data.vectors import iter_chunks
 from src.errors import UserError
@@ -76,6 +78,28 @@ class Scorers:
             post = stored_post(self.cfg.nll_vec_dir, sorted(df["shard"].unique()))
             df = nll_scores(df, columns, post, adapter, self.cfg.seed)
         return df
+
+
+SCORE_PREFIXES = ("bertscore_", "clipscore_", "mini_nll_")  # the score columns of a table
+
+
+def score_tables(
+    jobs: list[tuple[Path, Path]],
+    score: Callable[[Path], pd.DataFrame],
+    *,
+    skip_existing: bool,
+) -> pd.DataFrame:
+    """Score each (table, target) pair: score(table) written atomically to target, or the
+    target read back when it exists and skip_existing (a resumed run). All rows, concatenated."""
+    scored = []
+    for path, target in jobs:
+        if skip_existing and target.exists():
+            scored.append(pd.read_csv(target))
+            continue
+        df = score(path)
+        atomic_write(target, lambda tmp, df=df: df.to_csv(tmp, index=False))
+        scored.append(df)
+    return pd.concat(scored, ignore_index=True)
 
 
 def build_scorers(cfg: ScoringConfig) -> Scorers:
