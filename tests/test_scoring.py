@@ -17,7 +17,10 @@ CAPTIONS = [
     "a green star in the center and a small white triangle at the bottom right.",
 ]
 # float rounding of attention over cached keys: measured up to 2e-6 relative (NLLs of 2-11)
-NLL_TOL = {"rtol": 1e-5, "atol": 1e-5}
+# float32 over a 49k vocabulary: the cached-prefix and full-sequence paths sum in different
+# orders; alone they agree to ~1e-6 relative, after other tests in one process up to 4.5e-5
+# (measured). An off-by-one position or a wrong prefix moves the NLL by O(1).
+NLL_TOL = {"rtol": 1e-4, "atol": 1e-4}
 
 
 def tiny_table() -> tuple[pd.DataFrame, dict]:
