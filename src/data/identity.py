@@ -95,8 +95,11 @@ def add_identity_args(parser: Any, *, model_flag: str = "--embed_model") -> None
         "--vlm_id",
         help="hub id or path of the VLM (default: the one that made the vectors; checked)",
     )
-    parser.add_argument(
-        "--override_model",
-        action="store_true",
-        help="use --embed_model/--vlm_id even where they disagree with the manifests",
+    add_override_arg(
+        parser, "use --embed_model/--vlm_id even where they disagree with the manifests"
     )
+
+
+def add_override_arg(parser: Any, help: str) -> None:
+    """--override_model: the one way past a model-identity check (every stage that has one)."""
+    parser.add_argument("--override_model", action="store_true", help=help)

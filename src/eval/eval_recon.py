@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from src.data.identity import add_override_arg
 from src.data.io import atomic_write, read_manifest, write_json_atomic, write_manifest
 from src.data.paths import (
     recon_dir,
@@ -69,11 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--override_model",
-        action="store_true",
-        help="use the reconstructor even if it was trained on another model's vectors",
-    )
+    add_override_arg(p, "use the reconstructor even if it was trained on another model's vectors")
     p.add_argument(
         "--skip_existing",
         action="store_true",

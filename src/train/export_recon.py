@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from src.data.identity import add_override_arg
 from src.data.paths import recon_dir, shard_dirs, vector_dir, vector_shard_dir
 from src.recon.export import export_complete, export_shard
 from src.recon.model import STATS_NAME, NormStats, load_recon, provenance
@@ -42,11 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=csv_list, help="only these shards (default: all)")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--override_model",
-        action="store_true",
-        help="use the reconstructor even if it was trained on another model's vectors",
-    )
+    add_override_arg(p, "use the reconstructor even if it was trained on another model's vectors")
     p.add_argument(
         "--skip_existing",
         action="store_true",

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from src.cli import add_fields, from_args
+from src.data.identity import add_override_arg
 from src.data.io import is_complete
 from src.data.paths import shard_dirs
 from src.recon.data import pair_sources, vectors_model
@@ -39,11 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--embed_model",
         help="model name (default: the one the vectors' manifests name; checked against them)",
     )
-    p.add_argument(
-        "--override_model",
-        action="store_true",
-        help="use --embed_model even where it disagrees with the vectors' manifests",
-    )
+    add_override_arg(p, "use --embed_model even where it disagrees with the vectors' manifests")
     p.add_argument(
         "--out_dir",
         type=Path,
