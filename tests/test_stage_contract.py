@@ -58,8 +58,16 @@ def test_launcher_reads_the_plan_without_plotting_or_model_code(tmp_path):
 
 
 def test_dry_run_orders_steps_by_what_they_read(tmp_path, capsys):
+    study = [
+        "--data",
+        str(tmp_path / "d"),
+        "--results",
+        str(tmp_path / "r"),
+        "--figures",
+        str(tmp_path / "f"),
+    ]  # nothing of the checkout's own results/
     assert launch.main(["--dry_run", "--log_dir", str(tmp_path / "logs"), "pipeline",
-                        "--data", str(tmp_path / "d")]) == 0  # fmt: skip
+                        *study]) == 0  # fmt: skip
     lines = {
         line.split(":")[0].removeprefix("== "): line
         for line in capsys.readouterr().out.splitlines()
