@@ -1,4 +1,4 @@
-"""The main job: the whole sample study on the embedded `mini` model, resumable.
+"""The main job: the whole sample study on the offline VLMs (`mini`, `mini-gemma`), resumable.
 
 sample data -> vectors -> references -> geometry -> reconstruction -> captions and perturbations
 -> scores -> figures and report. Every step runs a stage's own main() with --skip_existing, so a
@@ -25,8 +25,10 @@ from src.data.paths import (
 )
 from src.eval import eval_captions, eval_perturb, eval_recon, score_captions, score_perturb
 from src.extract import extract_clip, extract_knn, extract_vectors, make_sample
+from src.models.scoring import scores_nll
 from src.models.towers import remember_pooled_features
 from src.plot import report
+from src.runtime import csv_list
 from src.train import export_recon, train_recon
 
 Step = tuple[str, Callable[[list[str]], int], list[str]]
@@ -35,12 +37,25 @@ Step = tuple[str, Callable[[list[str]], int], list[str]]
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m src.pipeline",
-        description="Run the sample study on the embedded default model (mini), resumably.",
+        description="Run the sample study on the offline VLMs (mini, mini-gemma), resumably.",
     )
     p.add_argument("--data", type=Path, default=Path("data"), help="where every output goes")
     p.add_argument("--n_scenes", type=int, default=2000, help="synthetic scenes to generate")
     p.add_argument("--shards", type=int, default=4, help="synthetic scene shards")
-    p.add_argument("--models", default="mini", help="models for extract_vectors (default mini)")
+    p.add_argument(
+        "--models",
+        default="mini,mini-gemma",
+        help="models for extract_vectors, each studied and compared in every figure (default "
+        "mini,mini-gemma: the two offline VLMs)",
+    )
+    p.add_argument(
+        "--refs",
+        type=csv_list,
+        default=["craft-vgg16", "efficientnet-lite0", "minilm"],
+        help="offline (or hub) reference spaces for extract_clip and the geometry (default "
+        "craft-vgg16,efficientnet-lite0,minilm; efficientnet-lite0 is mini's own tower, so its "
+        "agreement with E_pre is circular: craft-vgg16 is the independent image reference)",
+    )
     p.add_argument(
         "--model_id",
         action="append",
@@ -53,6 +68,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption_shard", default="synth_03", help="held-out shard to caption")
     p.add_argument("--caption_n", type=int, default=200, help="images captioned per variant")
     p.add_argument("--perturb_n", type=int, default=100, help="images per perturbation level")
+    p.add_argument(
+        "--caption_n_others",
+        type=int,
+        default=50,
+        help="--caption_n for every model after the first in --models (its share of the time)",
+    )
+    p.add_argument(
+        "--perturb_n_others",
+        type=int,
+        default=25,
+        help="--perturb_n for every model after the first in --models",
+    )
+    p.add_argument(
+        "--recon_epochs_others",
+        type=int,
+        default=10,
+        help="--recon_epochs for every model after the first in --models",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--num_workers", type=int, help="decode workers (default: automatic)")
@@ -87,16 +120,20 @@ def plan(args: argparse.Namespace) -> list[Step]:
          flags(root=images, out_dir=data / "vector", models=args.models, **loader)
          + [a for mid in args.model_id or [] for a in ("--model_id", mid)]),
     ]  # fmt: skip
-    for ref in ("efficientnet-lite0", "minilm"):
+    for ref in args.refs:
         steps.append((f"reference {ref}", extract_clip.main,
                       flags(root=images, out_dir=data / "clip_ref" / ref, model_id=ref,
                             **loader)))  # fmt: skip
-    refs = [f"{ref}:{data / 'clip_ref' / ref}" for ref in ("efficientnet-lite0", "minilm")]
-    # No CLIP ships offline: score captions by their NLL under mini given the image instead.
-    nll = {}
-    if "mini" in args.models.split(","):
-        nll = dict(nll_vec_dir=data / "vector" / "mini")
-    for model in args.models.split(","):
+    refs = [f"{ref}:{data / 'clip_ref' / ref}" for ref in args.refs]
+    for i, model in enumerate(args.models.split(",")):
+        # No CLIP ships offline: captions are scored by their NLL under the model that wrote
+        # them, given the image (its own stored E_post), where that model is a connector VLM.
+        nll = dict(nll_vec_dir=data / "vector" / model) if scores_nll(model) else {}
+        caption_n, perturb_n, epochs = (
+            (args.caption_n, args.perturb_n, args.recon_epochs)
+            if i == 0
+            else (args.caption_n_others, args.perturb_n_others, args.recon_epochs_others)
+        )
         recon = data / "recon" / model
         common = dict(embed_model=model, skip_existing=True, no_progress=quiet)
         vec = data / "vector" / model
@@ -110,7 +147,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
         steps += [
             (f"reconstructor {model}", train_recon.main,
              flags(vec_dir=data / "vector" / model, out_dir=recon, model_type="mlp",
-                   normalize=True, epochs=args.recon_epochs, hidden_size=1024, num_layers=2,
+                   normalize=True, epochs=epochs, hidden_size=1024, num_layers=2,
                    batch_size=32, device=args.device, **common)),
             (f"export reconstruction {model}", export_recon.main,
              flags(vec_root=data / "vector", model_dir=recon, out_base=data / "vector_recon",
@@ -125,7 +162,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
         steps += [
             (f"captions post vs reconstruction {model}", eval_captions.main,
              flags(vec_dir=vec, image_dir=images, model_path=recon,
-                   compare_post_vs_recon=True, out_dir=captions, shard_limit=args.caption_n,
+                   compare_post_vs_recon=True, out_dir=captions, shard_limit=caption_n,
                    device=args.device, **held_out)),
             (f"score captions {model}", score_captions.main,
              flags(caption_dir=captions, skip_existing=True, **nll)),
@@ -134,11 +171,12 @@ def plan(args: argparse.Namespace) -> list[Step]:
             steps.append(
                 (f"perturb {mode} {model}", eval_perturb.main,
                  flags(vec_dir=vec, image_dir=images, mode=mode, level=levels,
-                       out_dir=perturbed, limit=args.perturb_n, device=args.device, **held_out))
+                       out_dir=perturbed, limit=perturb_n, device=args.device, **held_out))
             )  # fmt: skip
+    # each model's perturbed captions scored under that model (<data>/vector/<model>)
     steps.append(("score perturbations", score_perturb.main,
                   flags(perturb_dir=perturbed, out_dir=perturb_results_dir(args.results),
-                        skip_existing=True, **nll)))  # fmt: skip
+                        skip_existing=True, nll_vec_root=data / "vector")))  # fmt: skip
     steps.append(("figures and report", report.main,
                   flags(results=args.results, figures=args.figures, out=args.results,
                         skip_existing=True)))  # fmt: skip

@@ -39,7 +39,8 @@ from src.models.towers import (
     prompt_layout,
 )
 
-DEFAULT_CONNECTOR_DIR = Path(__file__).parent / "weights" / "mini"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_CONNECTOR_DIR = WEIGHTS_DIR / "mini"
 IMAGE_SIZE = 224
 
 
@@ -195,9 +196,12 @@ class ComposedVLM(torch.nn.Module):
         text_emb = self.lm.get_input_embeddings()(target.clamp(min=0)).to(post.dtype)
         mask = torch.ones(prefix.shape[0], prefix.shape[1] + width, device=post.device)
         mask[:, prefix.shape[1] :] = (target != -100).float()
-        logits = self.lm(inputs_embeds=torch.cat([prefix, text_emb], 1), attention_mask=mask).logits
-        # The logit at position p predicts token p + 1: caption token j sits at P + j.
-        pred = logits[:, prefix.shape[1] - 1 : -1].float()  # (B, width, V)
+        # The logit at position p predicts token p + 1: caption token j sits at P + j, so only
+        # the last width + 1 positions' logits are needed (the LM head over Gemma's 262k entries
+        # at every prefix position was a third of a training step).
+        logits = self.lm(inputs_embeds=torch.cat([prefix, text_emb], 1), attention_mask=mask,
+                         logits_to_keep=width + 1).logits  # fmt: skip
+        pred = logits[:, :-1].float()  # (B, width, V)
         # One (V,) row per token: float32 cross-entropy over a strided vocabulary dim (the
         # (B, V, width) layout) was off by 6e-5 relative at Gemma's 262k entries against float64,
         # contiguous rows by 8e-6.
@@ -390,3 +394,12 @@ class MiniAdapter(VLMAdapter):
         prompt = inputs.get("prompt") or DEFAULT_PROMPT
         stacked = torch.stack([p.to(self.device, self.dtype) for p in post])
         return self.model.generate(stacked, prompt, max_new_tokens)
+
+
+class MiniGemmaAdapter(MiniAdapter):
+    """`mini-gemma`: the same EfficientNet-Lite0 tokens (16 of 1280) -> 2-layer MLP -> Gemma 3
+    270M (base, GEMMA_BASE prompt layout), trained by train_connector like `mini`. Everything
+    about the model is in its connector folder's config; only the default folder differs."""
+
+    name = "mini-gemma"
+    default_model_id = portable(WEIGHTS_DIR / "mini-gemma")

@@ -327,7 +327,9 @@ def caption_recon_plot(results: Path, models: list[str] | None = None) -> Plot:
     rows = []
     panels = [("bertscore", "BERTScore F1 vs reference caption", "bertscore_caption_{}_ref")]
     if has_nll:
-        panels.append(("nll", "caption NLL under mini given the image", "mini_nll_caption_{}"))
+        panels.append(
+            ("nll", "caption NLL under its own model given the image", "mini_nll_caption_{}")
+        )
     sources = (("post", "from E_post"), ("recon", "from reconstruction"))
     for ax, (panel, ylabel, pattern) in zip((axes[0], *axes[2:]), panels, strict=True):
         width = 0.8 / len(sources)
@@ -550,7 +552,7 @@ def perturb_plot(results: Path, mode: str, models: list[str] | None = None) -> P
     models = models or sorted(summary["model"].unique())
     panels = [("bertscore_vs_original", "BERTScore F1 vs unperturbed caption", "BERTScore")]
     if (summary["score"] == "mini_nll_caption").any():
-        panels.append(("mini_nll_caption", "caption NLL under mini, clean image", "NLL"))
+        panels.append(("mini_nll_caption", "caption NLL under its own model, clean image", "NLL"))
     panels.append(("caption_changed", "share of captions that changed", "changed captions"))
     fig = _new_figure(1, len(panels), width=5.0)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
