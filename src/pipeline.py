@@ -25,6 +25,7 @@ from src.data.paths import (
 )
 from src.eval import eval_captions, eval_perturb, eval_recon, score_captions, score_perturb
 from src.extract import extract_clip, extract_knn, extract_vectors, make_sample
+from src.models.reference import preferred_dtype
 from src.models.scoring import scores_nll
 from src.models.towers import remember_pooled_features
 from src.plot import report
@@ -123,7 +124,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
     for ref in args.refs:
         steps.append((f"reference {ref}", extract_clip.main,
                       flags(root=images, out_dir=data / "clip_ref" / ref, model_id=ref,
-                            **loader)))  # fmt: skip
+                            dtype=preferred_dtype(ref), **loader)))  # fmt: skip
     refs = [f"{ref}:{data / 'clip_ref' / ref}" for ref in args.refs]
     for i, model in enumerate(args.models.split(",")):
         # No CLIP ships offline: captions are scored by their NLL under the model that wrote
