@@ -72,19 +72,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--caption_n_others",
         type=int,
-        default=50,
+        default=40,
         help="--caption_n for every model after the first in --models (its share of the time)",
     )
     p.add_argument(
         "--perturb_n_others",
         type=int,
-        default=25,
+        default=16,
         help="--perturb_n for every model after the first in --models",
     )
     p.add_argument(
         "--recon_epochs_others",
         type=int,
-        default=10,
+        default=6,
         help="--recon_epochs for every model after the first in --models",
     )
     p.add_argument("--device", default="auto")
