@@ -26,7 +26,6 @@ from src.data.paths import (
 from src.eval import eval_captions, eval_perturb, eval_recon, score_captions, score_perturb
 from src.extract import extract_clip, extract_knn, extract_vectors, make_sample
 from src.models.reference import preferred_dtype
-from src.models.scoring import scores_nll
 from src.models.towers import remember_pooled_features
 from src.plot import report
 from src.runtime import csv_list
@@ -126,10 +125,11 @@ def plan(args: argparse.Namespace) -> list[Step]:
                       flags(root=images, out_dir=data / "clip_ref" / ref, model_id=ref,
                             dtype=preferred_dtype(ref), **loader)))  # fmt: skip
     refs = [f"{ref}:{data / 'clip_ref' / ref}" for ref in args.refs]
+    # No CLIP ships offline: captions are scored by their NLL under the model that wrote them,
+    # given the image (its own stored E_post in <data>/vector/<model>), where that model is a
+    # connector VLM (the scoring stages decide: src.models.scoring.scores_nll).
+    nll = dict(nll_vec_root=data / "vector")
     for i, model in enumerate(args.models.split(",")):
-        # No CLIP ships offline: captions are scored by their NLL under the model that wrote
-        # them, given the image (its own stored E_post), where that model is a connector VLM.
-        nll = dict(nll_vec_dir=data / "vector" / model) if scores_nll(model) else {}
         caption_n, perturb_n, epochs = (
             (args.caption_n, args.perturb_n, args.recon_epochs)
             if i == 0
@@ -174,10 +174,9 @@ def plan(args: argparse.Namespace) -> list[Step]:
                  flags(vec_dir=vec, image_dir=images, mode=mode, level=levels,
                        out_dir=perturbed, limit=perturb_n, device=args.device, **held_out))
             )  # fmt: skip
-    # each model's perturbed captions scored under that model (<data>/vector/<model>)
     steps.append(("score perturbations", score_perturb.main,
                   flags(perturb_dir=perturbed, out_dir=perturb_results_dir(args.results),
-                        skip_existing=True, nll_vec_root=data / "vector")))  # fmt: skip
+                        skip_existing=True, **nll)))  # fmt: skip
     steps.append(("figures and report", report.main,
                   flags(results=args.results, figures=args.figures, out=args.results,
                         skip_existing=True)))  # fmt: skip

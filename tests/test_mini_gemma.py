@@ -27,7 +27,7 @@ from src.models.towers import GEMMA3
 from tests.conftest import write_noise_images
 
 HELD_OUT_SEED = 7  # the sample study's scenes are drawn with seed 0
-N_SCENES = 8
+N_SCENES = 16
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,24 @@ def test_committed_vlm_captions_held_out_scenes(name, scenes):
         assert said != (None, None), caption  # it speaks of colours or shapes at all
         first = scene.objects[0]
         hits += said[0] == first.colour or said[1] == first.shape
-    assert hits >= 6, captions  # measured: see the report; chance ~ 1 - 0.8 * 0.75 = 0.4
+    # it looks at the image: a connector the LM ignores writes one caption for every scene
+    assert len(set(captions)) >= N_SCENES // 2, captions
+    # held-out rate ~0.8 (colour 65-68%, shape 67-70%); one fixed caption would score ~0.4
+    assert hits >= 10, (hits, captions)
+
+
+def test_mini_gemma_nll_from_cached_prefixes_equals_its_caption_loss(scenes):
+    """The NLL score continues Gemma from cached image prefixes (its sliding-window layers
+    included): equal to the plain caption loss, also for rows paired with other images."""
+    adapter = load_adapter("mini-gemma")
+    captions = ["a small red circle at the top.", "two blue stars", "a large green square."]
+    with torch.no_grad():
+        post = torch.stack(adapter.encode(adapter.preprocessor(scenes[1][:3])).post)
+        states = adapter.model.prefix_states(post)
+        for rows in ([0, 1, 2], [2, 0, 0]):
+            want = adapter.model.caption_loss(post[rows], captions)
+            got = adapter.model.caption_nll(states, rows, captions)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_mini_gemma_vectors_find_their_model_again(tmp_path):
@@ -117,8 +134,8 @@ def test_main_job_plans_both_vlms_and_the_craft_reference():
         assert f"minilm:{Path('d') / 'clip_ref' / 'minilm'}" in refs
         for kind in ("captions post vs reconstruction", "perturb mask", "perturb lowrank"):
             assert f"{kind} {model}" in steps
-        nll = steps[f"score captions {model}"]
-        assert nll[nll.index("--nll_vec_dir") + 1] == str(Path("d") / "vector" / model)
+        nll = steps[f"score captions {model}"]  # the stage picks <root>/<model>: see below
+        assert nll[nll.index("--nll_vec_root") + 1] == str(Path("d") / "vector")
     # the second model gets the smaller counts (its share of the main job's time)
     caps = steps["captions post vs reconstruction mini-gemma"]
     assert caps[caps.index("--shard_limit") + 1] == str(args.caption_n_others)

@@ -17,8 +17,11 @@ from src.extract import extract_vectors
 
 
 def small_study(root) -> list[str]:
-    """The main job's arguments for a small study under `root` (the committed mini model)."""
+    """The main job's arguments for a small study under `root` (the committed mini model; the
+    plan with mini-gemma beside it: tests/test_mini_gemma.py)."""
     return [
+        "--models",
+        "mini",
         "--data",
         str(root / "data"),
         "--results",
