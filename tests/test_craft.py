@@ -156,11 +156,11 @@ def test_craft_reference_through_extract_clip(tmp_path, tokens14):
     assert sorted(rows) == ["img_000", "img_001", "img_002"]
     assert all(v.shape == (512,) for v in rows.values())
     rec = list_images(root, "s")[2]
-    with torch.no_grad():  # the reference = mean of the 10 x 10 token map at 160 px
-        want = tokens14(ImageNetSquareResize(160)([load_image(rec).image]))[0].mean(0)
+    with torch.no_grad():  # the reference = mean of the 8 x 8 token map at 128 px
+        want = tokens14(ImageNetSquareResize(128)([load_image(rec).image]))[0].mean(0)
     torch.testing.assert_close(rows[rec.key], want, rtol=1e-4, atol=1e-4)
     info = json.loads((reference_shard_dir(out, "s") / "manifest.json").read_text())
-    assert info["reference_info"]["image_size"] == 160
+    assert info["reference_info"]["image_size"] == 128
 
 
 def test_build_vision_gives_the_craft_tower_with_a_pooled_grid(tokens14):

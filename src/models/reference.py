@@ -85,13 +85,15 @@ class CraftReference(ReferenceEncoder):
     512-d: an image space from another network and another objective than mini's EfficientNet.
     'cls' = 'mean' here: a CNN has no class token.
 
-    160 px, not 224: the trunk costs ~15 GMAC per image at 224 and half that at 160 (10 x 10
-    tokens), which matters for a 2-core run over the sample study's 2,011 images; the detector
-    still finds text at 160 (tests/test_craft.py).
+    128 px, not 224: the trunk costs ~15 GMAC per image at 224 and a third of that at 128 (8 x 8
+    tokens), which is what fits the sample study's 2,161 images into its minute on 2 cores (in
+    bf16: 168 CPU-seconds for them at 160 px measured under load, so ~110 at 128); the detector
+    finds text at 160 (tests/test_craft.py), and the reference is a pooled image vector, not a
+    detection.
     """
 
     name = CRAFT
-    image_size: ClassVar[int] = 160
+    image_size: ClassVar[int] = 128
 
     def __init__(self, device: torch.device, dtype: torch.dtype, pool: RefPool) -> None:
         super().__init__(device, dtype, pool)
