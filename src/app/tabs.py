@@ -32,7 +32,30 @@ STUDY_TABS: tuple[Tab, ...] = (
         ("perturb_*",), live=True, needs="src.eval.score_perturb"),
 )  # fmt: skip
 
-TABS: tuple[Tab, ...] = STUDY_TABS
+# Seed A's six tabs, on the alignment suite's corrected measures (its formulas shown beside them
+# under their own names where the figure has them).
+SEED_A_TABS: tuple[Tab, ...] = (
+    Tab("Inference Speed", "Latency p50/p95, throughput and peak memory net of the weights per "
+        "encoder, LLM and projector and batch size (`align_speed`).", ("align_speed",),
+        needs="src.eval.align_speed"),
+    Tab("Attention Maps", "Patch-text similarity in a joint image-text space, overlaid where "
+        "the processor cropped (`attention_maps`).", ("attention_*",),
+        needs="src.plot.attention_maps"),
+    Tab("Alignment Analysis", "CKA between vision and caption embeddings (biased and unbiased "
+        "linear, RBF), encoders x LLMs x layers, with CIs and the shuffled-pairing null.",
+        ("align_cka",)),
+    Tab("Embedding Space", "t-SNE / UMAP maps coloured by label, Procrustes after one shared "
+        "map, and representational similarity (`embedding_maps`).",
+        ("embedding_maps_*", "align_rsa"), needs="src.plot.embedding_maps"),
+    Tab("CORAL / EAS", "CORAL in one fitted basis against its null, beside the seed's formula; "
+        "EAS and ELAS as the seed defines them and corrected on held-out images.",
+        ("align_coral", "align_scores")),
+    Tab("E2E Validation", "Retrieval through a projector trained on a training split, scored "
+        "both ways on held-out images, and how CKA predicts it across many points.",
+        ("align_retrieval", "align_cka_retrieval")),
+)  # fmt: skip
+
+TABS: tuple[Tab, ...] = STUDY_TABS + SEED_A_TABS
 
 
 @dataclass
