@@ -129,7 +129,8 @@ def test_loss_equals_hand_computation(towers):
         for i in range(4):
             for j in range(4):
                 ks[i, j] = (0.05 * s[i] @ s[j] + 0.8) ** 3 / torch.sqrt(
-                    (0.05 * s[i] @ s[i] + 0.8) ** 3 * (0.05 * s[j] @ s[j] + 0.8) ** 3)
+                    (0.05 * s[i] @ s[i] + 0.8) ** 3 * (0.05 * s[j] @ s[j] + 0.8) ** 3
+                )
                 kt[i, j] = (0.1 * t[i] @ t[j] + 1) ** 3 / torch.sqrt(
                     (0.1 * t[i] @ t[i] + 1) ** 3 * (0.1 * t[j] @ t[j] + 1) ** 3)  # fmt: skip
         kern = ((ks - kt) ** 2).sum() / 16
@@ -290,3 +291,46 @@ def test_stage_resume_equals_uninterrupted_and_loads_as_tower(towers, tmp_path):
         torch.testing.assert_close(sd[k], v)
     # a finished folder is skipped
     assert stage.main(_argv(towers, root, tmp_path / "a", "--skip_existing")) == 0
+
+
+# ---- the connector comparison and the figures ---------------------------------------------
+
+
+def _connector_eval(folder: Path, colour_right: list[bool], nll: list[float]) -> None:
+    import pandas as pd
+
+    (folder / "eval" / "scored").mkdir(parents=True)
+    keys = [f"scene_{i}" for i in range(len(nll))]
+    pd.DataFrame({"key": keys, "colour": "red", "shape": "square",
+                  "colour_said": ["red" if r else "blue" for r in colour_right],
+                  "shape_said": "square"}).to_csv(folder / "eval/heldout_captions.csv")  # fmt: skip
+    pd.DataFrame({"shard": "s", "key": keys, "bertscore_caption_post_ref": 0.9,
+                  "mini_nll_caption_reference": nll, "mini_nll_caption_post": 0.1}).to_csv(
+        folder / "eval/scored/s.csv")  # fmt: skip
+    held = {"n": len(nll), "colour": {"majority_baseline": 0.2},
+            "shape": {"majority_baseline": 0.3}}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps({"training": {"heldout": held}}))
+
+
+def test_compare_connectors_paired_difference_by_hand(tmp_path):
+    import pandas as pd
+
+    from src.eval import compare_connectors
+    from src.reporting.kernel_figures import kernel_connectors_plot
+
+    _connector_eval(tmp_path / "orig", [True, False, False, True], [1.0, 2.0, 3.0, 4.0])
+    _connector_eval(tmp_path / "kern", [True, True, False, True], [0.5, 2.5, 2.0, 3.0])
+    out = tmp_path / "results" / "kernel_align"
+    assert compare_connectors.main(["--connector", f"original={tmp_path / 'orig'}",
+                                    "--connector", f"kernel={tmp_path / 'kern'}",
+                                    "--baseline", "original", "--out_dir", str(out),
+                                    "--bootstrap", "200"]) == 0  # fmt: skip
+    df = pd.read_csv(out / "connectors.csv").set_index(["connector", "metric"])
+    assert df.loc[("original", "colour_accuracy"), "mean"] == pytest.approx(0.5)
+    assert df.loc[("kernel", "colour_accuracy"), "mean"] == pytest.approx(0.75)
+    d = df.loc[("kernel - original", "nll_reference_caption")]
+    assert d["mean"] == pytest.approx((-0.5 + 0.5 - 1.0 - 1.0) / 4)
+    assert d["ci_low"] <= d["mean"] <= d["ci_high"]
+    assert df.loc[("majority baseline", "shape_accuracy"), "mean"] == pytest.approx(0.3)
+    plot = kernel_connectors_plot(tmp_path / "results")
+    assert {"colour_accuracy", "nll_reference_caption"} <= set(plot.data["metric"])

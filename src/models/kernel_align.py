@@ -670,8 +670,16 @@ def _cached(
         part = [r for r in records if r.shard == shard]
         folder = kernel_feature_dir(work_dir, role, tag, shard)
         k, x = cache_split(part, folder, encode, preprocess, identity, recipe)
-        keys += [f"{shard}/{key}" for key in k]
-        rows.append(x)
+        # a finished cache of another subset of the shard (--max_train) is reused: keep the
+        # images asked for (an image the tower could not read is reported in the manifest)
+        wanted = {r.key for r in part}
+        keep = [i for i, key in enumerate(k) if key in wanted]
+        missing = len(wanted - set(k))
+        if missing:
+            print(f"note: {missing} of {len(part)} images are not in {folder} (unreadable, or "
+                  "cached for another --max_train: then use another --work_dir)")  # fmt: skip
+        keys += [f"{shard}/{k[i]}" for i in keep]
+        rows.append(x[keep])
     return keys, torch.cat(rows)
 
 
