@@ -89,14 +89,15 @@ KERNEL_CONNECTORS = Path(__file__).resolve().parents[1] / "sample" / "kernel_con
 
 def kernel_steps(args: argparse.Namespace) -> list[Step]:
     """Seed D (KUEA): a small kernel alignment of EfficientNet-Lite0 to CRAFT on the sample
-    (--kernel_n training images of synth_00 at 128 px, the teacher at 96 px), and the committed
+    (--kernel_n training images of synth_00, the teacher CRAFT at 96 px), and the committed
     connector pair (original vs kernel-aligned tower, sample/kernel_connectors) compared on
     their held-out captions."""
     work, out = args.data / "kernel_align", kernel_results_dir(args.results)
     steps: list[Step] = [
         ("kernel alignment", train_kernel_align.main,
          flags(root=args.data / "sample", train_shards="synth_00", eval_shards=args.caption_shard,
-               max_train=args.kernel_n, eval_n=64, student_size=128, teacher_size=96,
+               max_train=args.kernel_n, eval_n=64, teacher_size=96, clean_weight=0.001,
+               penalty_weight=1.0, lr=1e-4, kernel_lr=1e-2,
                steps=args.kernel_steps, warmup=5, batch_size=32, fit_n=128,
                out_dir=work / "tower", work_dir=work / "work", tables_dir=out,
                device=args.device, skip_existing=True, no_progress=args.no_progress)),

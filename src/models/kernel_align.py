@@ -39,9 +39,6 @@ from src.errors import InputMissing, UserError
 from src.metrics.kernels import clean_loss, kernel_alignment_loss, kernel_matrix, median_distance
 from src.metrics.similarity import linear_cka_permutation_test
 from src.metrics.stats import bootstrap_means
-from src.models.connector_fit import batch_indices, lr_at
-from src.models.mini import HFVisionTokens
-from src.models.towers import EfficientNetTokens
 
 KernelName = Literal["polynomial", "gaussian", "cosine"]
 CHECKPOINT = "checkpoint.pt"
@@ -180,18 +177,24 @@ EFFNET_ADAPTER = TowerAdapter(
     _effnet_units, _effnet_suffix, lambda t, x, i: _effnet_run(t, x, 0, i)
 )
 HF_ADAPTER = TowerAdapter(_hf_units, lambda t, x, i: t(x))
-# By tower class (src.models.mini.build_vision's towers); a new family adds one line.
-TOWER_ADAPTERS: dict[type, TowerAdapter] = {
-    EfficientNetTokens: EFFNET_ADAPTER,
-    HFVisionTokens: HF_ADAPTER,
-}
+
+
+def tower_adapters() -> dict[type, TowerAdapter]:
+    """Adapters by tower class (src.models.mini.build_vision's towers); a new family adds one
+    line. Imported here, not at module level: the launcher reads stage parsers without loading
+    transformers."""
+    from src.models.mini import HFVisionTokens
+    from src.models.towers import EfficientNetTokens
+
+    return {EfficientNetTokens: EFFNET_ADAPTER, HFVisionTokens: HF_ADAPTER}
 
 
 def tower_adapter(tower: nn.Module) -> TowerAdapter:
-    for cls, adapter in TOWER_ADAPTERS.items():
+    adapters = tower_adapters()
+    for cls, adapter in adapters.items():
         if isinstance(tower, cls):
             return adapter
-    known = ", ".join(c.__name__ for c in TOWER_ADAPTERS)
+    known = ", ".join(c.__name__ for c in adapters)
     raise UserError(f"kernel alignment cannot train a {type(tower).__name__} (known: {known})")
 
 
@@ -529,6 +532,7 @@ def train_kernel_align(
     (checkpointed). Returns one record per step (losses, learning rate, kernel parameters)."""
     from accelerate import Accelerator
 
+    from src.models.connector_fit import batch_indices, lr_at  # the connector's schedule
     from src.runtime import resolve_device
 
     acc = Accelerator(cpu=resolve_device(device).type == "cpu")

@@ -29,8 +29,8 @@ def kernel_align_plot(results: Path) -> Plot:
     hist = tables.kernel_align_table(results, "history")
     params = tables.kernel_align_table(results, "params").set_index("stage")
     held = tables.kernel_align_table(results, "heldout")
-    fig = _new_figure(1, 3, width=4.6)
-    ax_loss, ax_par, ax_held = fig.subplots(1, 3)
+    fig = _new_figure(1, 4, width=4.0)
+    ax_loss, ax_par, *ax_held = fig.subplots(1, 4)
     rows = []
     for i, col in enumerate(("loss_kernel", "loss_clean")):
         ax = ax_loss if col == "loss_kernel" else ax_loss.twinx()
@@ -49,23 +49,26 @@ def kernel_align_plot(results: Path) -> Plot:
     ax_par.set(xlabel="step", ylabel="value / fitted value", title="student kernel parameters")
     ax_par.legend(fontsize=8, frameon=False)
     metrics = [m for m in ("kernel_mse", "linear_cka") if m in set(held["metric"])]
-    for j, tower in enumerate(("original", "aligned")):
-        g = held[held["tower"] == tower].set_index("metric").reindex(metrics)
-        x = np.arange(len(metrics)) + (j - 0.5) * 0.3
-        lo = g["ci_low"].fillna(g["value"])
-        hi = g["ci_high"].fillna(g["value"])
-        _errorbar(ax_held, x, g["value"], lo, hi, tower, color=COLOURS[j], linestyle="none")
-        rows += [{"panel": "held-out", "series": f"{tower} {m}", "x": m, "value": r.value,
-                  "ci_low": r.ci_low, "ci_high": r.ci_high, "null": r.null}
-                 for m, r in g.iterrows()]  # fmt: skip
-    nulls = held[(held["tower"] == "original")].set_index("metric")["null"].reindex(metrics)
-    for k, v in enumerate(nulls):
-        if np.isfinite(v):
-            ax_held.hlines(v, k - 0.35, k + 0.35, label="CKA shuffled-pairing null", **CHANCE_STYLE)
-    ax_held.set_xticks(range(len(metrics)), [METRIC_NAMES[m] for m in metrics], fontsize=8)
-    ax_held.set_yscale("log")
-    ax_held.set(title=f"held-out images (n={int(held['n'].max())})")
-    ax_held.legend(fontsize=8, frameon=False)
+    n = int(held["n"].max())
+    for ax, metric in zip(ax_held, metrics, strict=False):
+        for j, tower in enumerate(("original", "aligned")):
+            r = held[(held["tower"] == tower) & (held["metric"] == metric)].iloc[0]
+            lo = r["ci_low"] if np.isfinite(r["ci_low"]) else r["value"]
+            hi = r["ci_high"] if np.isfinite(r["ci_high"]) else r["value"]
+            _errorbar(ax, [j], [r["value"]], [lo], [hi], tower, color=COLOURS[j],
+                      linestyle="none")  # fmt: skip
+            rows.append({"panel": "held-out", "series": tower, "x": metric,
+                         "value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                         "null": r["null"]})  # fmt: skip
+        null = held[(held["tower"] == "original") & (held["metric"] == metric)]["null"]
+        if np.isfinite(null).all():
+            ax.axhline(float(null.iloc[0]), label="shuffled-pairing null", **CHANCE_STYLE)
+        ax.set_xticks([0, 1], ["original", "aligned"])
+        ax.set_xlim(-0.6, 1.6)
+        ax.set(title=f"held-out: {METRIC_NAMES[metric]} (n={n})")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=8, frameon=False)
+        ax.grid(alpha=0.3)
     ax_loss.grid(alpha=0.3)
     ax_par.grid(alpha=0.3)
     fig.suptitle("Kernel alignment (KUEA): student tower's kernel towards the teacher's")
