@@ -357,7 +357,7 @@ def fit_kernel_params(
         opt.zero_grad(set_to_none=True)
         value.backward()
         opt.step()
-        history.append(float(value))
+        history.append(float(value.detach()))
     return history
 
 
