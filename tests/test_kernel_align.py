@@ -165,7 +165,7 @@ def test_kernel_parameters_change_during_training(towers, tmp_path):
     s = torch.randn(20, 8).abs()
     k_t = polynomial_kernel(torch.randn(20, 5), 0.3, 1.0)
     kernel = StudentKernel("polynomial", {"gamma": 1e-3, "coef0": 10.0})
-    start = float(kernel_alignment_loss(kernel(s.double()), k_t.double()))
+    start = float(kernel_alignment_loss(kernel(s.double()), k_t.double()).detach())
     fit = fit_kernel_params(kernel, s, k_t, steps=30)
     assert fit[-1] < start
 
