@@ -61,7 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption_shard", default="synth_03", help="held-out shard to caption")
     p.add_argument("--caption_n", type=int, default=200, help="images captioned per variant")
     p.add_argument("--perturb_n", type=int, default=100, help="images per perturbation level")
-    p.add_argument("--kernel_n", type=int, default=160, help="kernel alignment: train images")
+    p.add_argument("--kernel_n", type=int, default=128, help="kernel alignment: train images")
     p.add_argument("--kernel_steps", type=int, default=60, help="kernel alignment: steps")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=32)
