@@ -278,7 +278,7 @@ def test_joint_frobenius_equals_three_full_products(dx, dy, block):
         assert float(got) == pytest.approx(float(ref.square().sum()), rel=1e-12)
 
 
-def test_blocked_permuted_gram_product_equals_plain_gather():
+def test_mirrored_gram_and_permuted_gram_product_equal_plain_references():
     from src.metrics.similarity import _gram_null_cross, _sym_gram
 
     g = torch.Generator().manual_seed(5)
@@ -289,6 +289,5 @@ def test_blocked_permuted_gram_product_equals_plain_gather():
     assert torch.equal(k, k.T)  # mirrored, so exactly symmetric
     perms = [torch.randperm(37, generator=g) for _ in range(4)]
     ref = torch.stack([(k * l[p][:, p]).sum() for p in perms])
-    for rows in (1, 5, 37, 100):  # rows that do not divide n, and more rows than n
-        got = _gram_null_cross(k, l, iter(perms), rows=rows)
-        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    got = _gram_null_cross(k, l, iter(perms))
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)

@@ -306,37 +306,23 @@ def _use_gram_null(n: int, dx: int, dy: int, itemsize: int, n_perm: int) -> bool
     return gram < n_perm * n * dx * dy
 
 
-# Rows of L gathered per step of the permuted inner product: 128 rows of N = 2011 float64 are
-# 2 MB, so the gathered rows and their column gather stay in cache while the dot reads them.
-GATHER_ROWS = 128
-
-
-def _gram_null_cross(
-    kc: Tensor, lc: Tensor, perms: Iterator[Tensor], rows: int = GATHER_ROWS
-) -> Tensor:
+def _gram_null_cross(kc: Tensor, lc: Tensor, perms: Iterator[Tensor]) -> Tensor:
     """<kc, lc[p][:, p]>_F for each permutation p: (n, n), (n, n) -> (n_perm,) float64.
 
-    = ||Y_c^T P X_c||_F^2 when kc = X_c X_c^T, lc = Y_c Y_c^T. In blocks of `rows` rows: the
-    rows p[r0:r1] of lc are gathered into a small buffer, then each of its rows is gathered by
-    p (an in-row column gather), and the block's dot with kc[r0:r1] is added. One read of kc
-    and of lc per permutation and no n x n temporary: the buffers stay in cache, where the
-    former two whole-matrix index_selects wrote and re-read two n x n copies.
+    = ||Y_c^T P X_c||_F^2 when kc = X_c X_c^T, lc = Y_c Y_c^T. Two index_selects into reused
+    buffers (rows, then columns within each row) and one dot: O(n^2) per permutation, no
+    n x n temporaries allocated per permutation. (A cache-blocked variant, 128 gathered rows
+    at a time, was 6x slower in CPU time at n = 2011: index_select along dim 1 of a small
+    block does not vectorise.)
     """
-    n = kc.shape[0]
-    rows = max(1, min(rows, n))
-    rbuf = torch.empty(rows, n, dtype=lc.dtype, device=lc.device)
-    cbuf = torch.empty_like(rbuf)
+    rows, both = torch.empty_like(lc), torch.empty_like(lc)
+    flat_k = kc.reshape(-1)
     out = []
     for p in perms:
         p = p.to(lc.device)
-        total = kc.new_zeros(())
-        for r0 in range(0, n, rows):
-            r1 = min(r0 + rows, n)
-            m = r1 - r0
-            torch.index_select(lc, 0, p[r0:r1], out=rbuf[:m])
-            torch.index_select(rbuf[:m], 1, p, out=cbuf[:m])
-            total += torch.dot(kc[r0:r1].reshape(-1), cbuf[:m].view(-1))
-        out.append(total)
+        torch.index_select(lc, 0, p, out=rows)
+        torch.index_select(rows, 1, p, out=both)
+        out.append(torch.dot(flat_k, both.view(-1)))
     return torch.stack(out).double().cpu()
 
 
