@@ -240,6 +240,10 @@ class HFAdapter(VLMAdapter):
         if text.count(self.image_marker) != 1:
             raise ValueError(f"the chat template must place one {self.image_marker} per image")
         before, after = text.split(self.image_marker)
+        # An image token needs no space around it; words do, or the caption's last word and the
+        # prompt's first one would merge into one token.
+        before += "" if not before or before[-1].isspace() else " "
+        after = after if after[:1].isspace() else " " + after
         tok = self.preprocessor.text_tokenizer()
         special = set(tok.all_special_ids)
         rows, control, rest = [], [], []
@@ -252,7 +256,8 @@ class HFAdapter(VLMAdapter):
                    if e > s and s < hi and e > lo and enc["input_ids"][j] not in special]  # fmt: skip
             rows.append(enc["input_ids"])
             control.append(torch.tensor(cap, dtype=torch.long))
-            rest.append(torch.arange(cap[-1] + 1 if cap else lo, len(enc["input_ids"])))
+            start = cap[-1] + 1 if cap else len(enc["input_ids"])
+            rest.append(torch.arange(start, len(enc["input_ids"])))
         width = max(len(r) for r in rows)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
