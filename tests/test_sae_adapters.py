@@ -27,8 +27,10 @@ def hf(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def images() -> list[Image.Image]:
     rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
-            for h, w in [(28, 28), (40, 60), (35, 21)]]  # fmt: skip
+    return [
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        for h, w in [(28, 28), (40, 60), (35, 21)]
+    ]
 
 
 def _all(adapter):
@@ -40,9 +42,11 @@ def _check_hidden_states(adapter, seq):
     last, whose hidden_states entry has the final norm applied."""
     layers = _all(adapter)
     with torch.no_grad(), capture_resid(adapter.lm_blocks(), layers) as store:
-        out = adapter.model(**seq.kwargs, output_hidden_states=True) if hasattr(
-            adapter.model, "get_image_features") else adapter.model.lm(
-            **seq.kwargs, output_hidden_states=True)  # fmt: skip
+        out = (
+            adapter.model(**seq.kwargs, output_hidden_states=True)
+            if hasattr(adapter.model, "get_image_features")
+            else adapter.model.lm(**seq.kwargs, output_hidden_states=True)
+        )
     hs = out.hidden_states
     assert len(hs) == len(layers) + 1
     for layer in layers[:-1]:
@@ -93,8 +97,10 @@ def test_hf_control_has_the_caption_and_no_image_token(hf):
     assert not (ids == hf.image_token_id()).any()
     words = tok(CAPTIONS[1], add_special_tokens=False)["input_ids"]
     if tok.decode(words).split() != CAPTIONS[1].split():
-        pytest.skip(f"the tiny {hf.name} tokenizer does not round-trip words (its class reads "
-                    "the word-level vocabulary as BPE)")  # fmt: skip
+        pytest.skip(
+            f"the tiny {hf.name} tokenizer does not round-trip words (its class reads "
+            "the word-level vocabulary as BPE)"
+        )
     for b, cap in enumerate(CAPTIONS):
         assert tok.decode(ids[b, seq.spans["control"][b]]).split() == cap.split()
         rest = tok.decode(ids[b, seq.spans["control_text"][b]])

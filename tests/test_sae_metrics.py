@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from src.errors import InputMissing
 from src.metrics.sae import (
     TokenSums,
     active_features,
@@ -19,7 +20,6 @@ from src.metrics.sae import (
     l0,
     overlap_share,
 )
-from src.errors import InputMissing
 from src.sae.coders import load_coder
 
 D, F = 6, 10
@@ -63,9 +63,13 @@ def test_l0_dead_and_overlap_counts():
 
 def _weights(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"W_enc": torch.randn(D, F, generator=g), "b_enc": torch.randn(F, generator=g) * 0.1,
-            "W_dec": torch.randn(F, D, generator=g), "b_dec": torch.randn(D, generator=g),
-            "threshold": torch.rand(F, generator=g)}  # fmt: skip
+    return {
+        "W_enc": torch.randn(D, F, generator=g),
+        "b_enc": torch.randn(F, generator=g) * 0.1,
+        "W_dec": torch.randn(F, D, generator=g),
+        "b_dec": torch.randn(D, generator=g),
+        "threshold": torch.rand(F, generator=g),
+    }
 
 
 def _x() -> torch.Tensor:
@@ -92,13 +96,23 @@ def _hand(x, w, *, kind, sub, k=None):
 
 @pytest.mark.parametrize(
     "arch,sub,kind",
-    [("standard", True, "relu"), ("standard", False, "relu"), ("jumprelu", False, "jumprelu"),
-     ("topk", True, "topk")],  # fmt: skip
+    [
+        ("standard", True, "relu"),
+        ("standard", False, "relu"),
+        ("jumprelu", False, "jumprelu"),
+        ("topk", True, "topk"),
+    ],
 )
 def test_saelens_folder_encodes_and_decodes_as_by_hand(tmp_path, arch, sub, kind):
     w = _weights()
-    cfg = {"architecture": arch, "d_in": D, "d_sae": F, "apply_b_dec_to_input": sub,
-           "normalize_activations": "none", "activation_fn_kwargs": {"k": 3}}  # fmt: skip
+    cfg = {
+        "architecture": arch,
+        "d_in": D,
+        "d_sae": F,
+        "apply_b_dec_to_input": sub,
+        "normalize_activations": "none",
+        "activation_fn_kwargs": {"k": 3},
+    }
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     tensors = {k: v for k, v in w.items() if k != "threshold" or arch == "jumprelu"}
     save_file(tensors, tmp_path / "sae_weights.safetensors")
@@ -135,8 +149,11 @@ def test_sparsify_folder_matches_sparsify_and_the_hand_encoder(tmp_path):
     dense = torch.zeros(x.shape[0], F).scatter_(1, ref.top_indices, ref.top_acts)
     codes = coder.encode(x)
     torch.testing.assert_close(codes, dense)
-    w = {"W_enc": sae.encoder.weight.detach().T, "b_enc": sae.encoder.bias.detach(),
-         "b_dec": sae.b_dec.detach()}  # fmt: skip
+    w = {
+        "W_enc": sae.encoder.weight.detach().T,
+        "b_enc": sae.encoder.bias.detach(),
+        "b_dec": sae.b_dec.detach(),
+    }
     torch.testing.assert_close(codes, _hand(x, w, kind="topk", sub=True, k=3))
     with torch.no_grad():
         torch.testing.assert_close(coder.decode(codes), sae.decode(ref.top_acts, ref.top_indices))

@@ -30,7 +30,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", choices=MODEL_NAMES, default="mini")
     p.add_argument("--vlm_id", help="hub id or local path (default: the adapter's default)")
-    p.add_argument("--sae_dir", type=Path, help="folder of layers.<l> SAEs (default data/sae/<model>)")
+    p.add_argument(
+        "--sae_dir", type=Path, help="folder of layers.<l> SAEs (default data/sae/<model>)"
+    )
     p.add_argument("--layers", type=lambda s: [int(x) for x in csv_list(s)], required=True)
     add_source_args(p)
     p.add_argument("--nll_images", type=int, default=64, help="images for the delta-NLL (0: none)")
@@ -57,25 +59,50 @@ def run(args: argparse.Namespace) -> int:
     from src.sae.runs import reconstruction_rows
 
     rows, images = reconstruction_rows(args, adapter, coders)
-    nll, nll_rows = delta_nll(args, adapter, coders) if adapter and args.nll_images > 0 else ({}, [])
+    nll, nll_rows = (
+        delta_nll(args, adapter, coders) if adapter and args.nll_images > 0 else ({}, [])
+    )
     for r in rows:
         s = nll.get(r["layer"]) if r["tokens"] == "image" else None
-        r.update({"delta_nll": s["mean"], "delta_nll_ci_low": s["ci_low"],
-                  "delta_nll_ci_high": s["ci_high"], "nll_images": s["n"]} if s else {})  # fmt: skip
+        r.update(
+            {
+                "delta_nll": s["mean"],
+                "delta_nll_ci_low": s["ci_low"],
+                "delta_nll_ci_high": s["ci_high"],
+                "nll_images": s["n"],
+            }
+            if s
+            else {}
+        )
     df = pd.DataFrame(rows)
     out = args.out_dir
-    atomic_write(sae_table(out, "sae_reconstruction", args.model), lambda t: df.to_csv(t, index=False))
+    atomic_write(
+        sae_table(out, "sae_reconstruction", args.model), lambda t: df.to_csv(t, index=False)
+    )
     per_image = pd.DataFrame(images).merge(
-        pd.DataFrame(nll_rows, columns=["shard", "key", "layer", "nll", "delta_nll"]).assign(tokens="image"),
-        on=["shard", "key", "layer", "tokens"], how="left")  # fmt: skip
-    atomic_write(sae_table(out, "sae_reconstruction_images", args.model),
-                 lambda t: per_image.to_csv(t, index=False))  # fmt: skip
-    write_json_atomic(sae_table(out, "sae_reconstruction", args.model, ".json"),
-                      {"model": args.model, "rows": rows, "source": "stream" if streaming else "cache"})  # fmt: skip
-    write_manifest(out, stage="sae_reconstruction", model=args.model, sae_dir=_sae(args),
-                   args=vars(args))  # fmt: skip
-    print(df[["layer", "tokens", "fvu", "l0", "dead_share"]
-              + (["delta_nll"] if "delta_nll" in df else [])].to_string(index=False))  # fmt: skip
+        pd.DataFrame(nll_rows, columns=["shard", "key", "layer", "nll", "delta_nll"]).assign(
+            tokens="image"
+        ),
+        on=["shard", "key", "layer", "tokens"],
+        how="left",
+    )
+    atomic_write(
+        sae_table(out, "sae_reconstruction_images", args.model),
+        lambda t: per_image.to_csv(t, index=False),
+    )
+    write_json_atomic(
+        sae_table(out, "sae_reconstruction", args.model, ".json"),
+        {"model": args.model, "rows": rows, "source": "stream" if streaming else "cache"},
+    )
+    write_manifest(
+        out, stage="sae_reconstruction", model=args.model, sae_dir=_sae(args), args=vars(args)
+    )
+    print(
+        df[
+            ["layer", "tokens", "fvu", "l0", "dead_share"]
+            + (["delta_nll"] if "delta_nll" in df else [])
+        ].to_string(index=False)
+    )
     return 0
 
 

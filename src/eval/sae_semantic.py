@@ -35,7 +35,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", choices=MODEL_NAMES, default="mini")
     p.add_argument("--vlm_id", help="hub id or local path (default: the adapter's default)")
-    p.add_argument("--sae_dir", type=Path, help="folder of layers.<l> SAEs (default data/sae/<model>)")
+    p.add_argument(
+        "--sae_dir", type=Path, help="folder of layers.<l> SAEs (default data/sae/<model>)"
+    )
     p.add_argument("--layers", type=lambda s: [int(x) for x in csv_list(s)], required=True)
     add_source_args(p)
     p.add_argument("--top_features", type=int, default=10, help="image features read by the lens")
@@ -62,14 +64,19 @@ def run(args: argparse.Namespace) -> int:
     rows, per_image = semantic_rows(args, adapter, coders)
     df, out = pd.DataFrame(rows), args.out_dir
     atomic_write(sae_table(out, "sae_semantic", args.model), lambda t: df.to_csv(t, index=False))
-    atomic_write(sae_table(out, "sae_semantic_images", args.model),
-                 lambda t: pd.DataFrame(per_image).to_csv(t, index=False))  # fmt: skip
-    write_json_atomic(sae_table(out, "sae_semantic", args.model, ".json"),
-                      {"model": args.model, "rows": rows})  # fmt: skip
-    write_manifest(out, stage="sae_semantic", model=args.model, sae_dir=_sae(args),
-                   args=vars(args))  # fmt: skip
-    print(df[["layer", "measure", "own", "chance", "diff", "diff_ci_low", "diff_ci_high"]]
-          .to_string(index=False))  # fmt: skip
+    atomic_write(
+        sae_table(out, "sae_semantic_images", args.model),
+        lambda t: pd.DataFrame(per_image).to_csv(t, index=False),
+    )
+    write_json_atomic(
+        sae_table(out, "sae_semantic", args.model, ".json"), {"model": args.model, "rows": rows}
+    )
+    write_manifest(out, stage="sae_semantic", model=args.model, sae_dir=_sae(args), args=vars(args))
+    print(
+        df[["layer", "measure", "own", "chance", "diff", "diff_ci_low", "diff_ci_high"]].to_string(
+            index=False
+        )
+    )
     return 0
 
 

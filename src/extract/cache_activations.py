@@ -32,8 +32,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image_dir", type=Path, required=True, help="image root (with captions)")
     p.add_argument("--model", choices=MODEL_NAMES, default="mini")
     p.add_argument("--vlm_id", help="hub id or local path (default: the adapter's default)")
-    p.add_argument("--layers", type=lambda s: [int(x) for x in csv_list(s)], required=True,
-                   help="decoder blocks, comma-separated (0-based)")  # fmt: skip
+    p.add_argument(
+        "--layers",
+        type=lambda s: [int(x) for x in csv_list(s)],
+        required=True,
+        help="decoder blocks, comma-separated (0-based)",
+    )
     p.add_argument("--out_dir", type=Path, default=Path("data/activations"))
     p.add_argument("--shards", type=csv_list, help="image shards (default: all)")
     p.add_argument("--limit", type=int, help="images per shard (default: all)")

@@ -59,7 +59,9 @@ class TokenSums:
 
     @classmethod
     def stack(cls, parts: list[TokenSums]) -> TokenSums:
-        return cls(*(torch.stack([getattr(p, f) for p in parts]) for f in ("err", "sx", "sxx", "n")))
+        return cls(
+            *(torch.stack([getattr(p, f) for p in parts]) for f in ("err", "sx", "sxx", "n"))
+        )
 
     def fvu(self, idx: torch.Tensor | None = None) -> float:
         """FVU over the images idx (M',) (with repeats; None: all) of stacked sums."""
@@ -78,6 +80,9 @@ def fvu_with_ci(
     g = torch.Generator().manual_seed(seed)
     draws = torch.tensor([sums.fvu(torch.randint(m, (m,), generator=g)) for _ in range(n_boot)])
     alpha = (1 - level) / 2
-    lo, hi = (torch.quantile(draws.double(), torch.tensor([alpha, 1 - alpha], dtype=torch.float64))
-              if n_boot else torch.tensor([float("nan")] * 2))  # fmt: skip
+    lo, hi = (
+        torch.quantile(draws.double(), torch.tensor([alpha, 1 - alpha], dtype=torch.float64))
+        if n_boot
+        else torch.tensor([float("nan")] * 2)
+    )
     return {"mean": sums.fvu(), "ci_low": float(lo), "ci_high": float(hi), "n": m}

@@ -252,8 +252,11 @@ class HFAdapter(VLMAdapter):
             # those whose characters overlap it (character offsets of the fast tokenizer).
             enc = tok(before + c + after, return_offsets_mapping=True)
             lo, hi = len(before), len(before) + len(c)
-            cap = [j for j, (s, e) in enumerate(enc["offset_mapping"])
-                   if e > s and s < hi and e > lo and enc["input_ids"][j] not in special]  # fmt: skip
+            cap = [
+                j
+                for j, (s, e) in enumerate(enc["offset_mapping"])
+                if e > s and s < hi and e > lo and enc["input_ids"][j] not in special
+            ]
             rows.append(enc["input_ids"])
             control.append(torch.tensor(cap, dtype=torch.long))
             start = cap[-1] + 1 if cap else len(enc["input_ids"])
@@ -264,7 +267,10 @@ class HFAdapter(VLMAdapter):
         mask = torch.zeros(len(rows), width, dtype=torch.long)
         for i, r in enumerate(rows):  # right-padded: every row starts at position 0
             ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-        kwargs: BatchInputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+        kwargs: BatchInputs = {
+            "input_ids": ids.to(self.device),
+            "attention_mask": mask.to(self.device),
+        }
         for k in self.token_keys:
             kwargs[k] = torch.zeros_like(kwargs["input_ids"])
         return LMSequences(kwargs, {"control": control, "control_text": rest})

@@ -16,6 +16,8 @@ from src.data.paths import (
     perturb_results_dir,
     recon_results_dir,
     recon_table,
+    sae_results_dir,
+    sae_table,
     scored_dir,
 )
 from src.errors import InputMissing
@@ -92,7 +94,7 @@ def input_tables(results: Path) -> list[Path]:
     tells whether a finished report is still up to date."""
     results = Path(results)
     found = []
-    for folder in ("knn", "recon", "captions", "perturb"):
+    for folder in ("knn", "recon", "captions", "perturb", "sae"):
         for p in (results / folder).rglob("*"):
             if p.is_file() and p.suffix in (".csv", ".json") and p.name != "manifest.json":
                 found.append(p)
@@ -105,3 +107,16 @@ def perturb_modes(results: Path) -> list[str]:
         return sorted(perturb_summary(results)["mode"].unique())
     except MissingResults:
         return []
+
+
+def sae_models(results: Path, table: str = "sae_reconstruction") -> list[str]:
+    """Models with a table of the SAE stages: results/sae/<table>_<model>.csv."""
+    found = sae_results_dir(results).glob(f"{table}_*.csv")
+    return sorted(p.stem.removeprefix(f"{table}_") for p in found
+                  if not p.stem.removeprefix(f"{table}_").startswith("images_"))  # fmt: skip
+
+
+def sae_rows(results: Path, table: str, model: str) -> pd.DataFrame:
+    """sae_reconstruction's (layer, tokens, fvu, l0, dead_share, delta_nll + CIs) or
+    sae_semantic's (layer, measure, own, chance, diff + CIs) table of one model."""
+    return _read(sae_table(sae_results_dir(results), table, model), f"src.eval.{table}")

@@ -28,14 +28,20 @@ TOKEN_SETS = ("image", "text", "control", "control_text")
 
 
 def save_layer_chunk(
-    shard_dir: Path, layer: int, index: int, keys: list[str], captions: list[str],
+    shard_dir: Path,
+    layer: int,
+    index: int,
+    keys: list[str],
+    captions: list[str],
     sets: dict[str, list[torch.Tensor]],
-) -> Path:  # fmt: skip
+) -> Path:
     packed = {
-        name: {"vectors": torch.cat(rows).to(torch.float16).contiguous(),
-               "lengths": torch.tensor([r.shape[0] for r in rows], dtype=torch.int64)}
+        name: {
+            "vectors": torch.cat(rows).to(torch.float16).contiguous(),
+            "lengths": torch.tensor([r.shape[0] for r in rows], dtype=torch.int64),
+        }
         for name, rows in sets.items()
-    }  # fmt: skip
+    }
     obj = {"keys": list(keys), "captions": list(captions), "layer": layer, "sets": packed}
     return save_torch_atomic(activation_chunk(shard_dir, layer, index), obj)
 
@@ -44,8 +50,10 @@ def load_layer_chunk(path: Path) -> tuple[list[str], list[str], dict[str, list[t
     d = load_torch(path)
     if not {"keys", "captions", "sets"} <= set(d):
         raise UserError(f"{path}: not an activation chunk")
-    sets = {name: list(torch.split(v["vectors"].float(), v["lengths"].tolist()))
-            for name, v in d["sets"].items()}  # fmt: skip
+    sets = {
+        name: list(torch.split(v["vectors"].float(), v["lengths"].tolist()))
+        for name, v in d["sets"].items()
+    }
     return list(d["keys"]), list(d["captions"]), sets
 
 
@@ -64,7 +72,9 @@ def iter_cached(shard_dir: Path, layers: list[int]) -> Iterator[tuple[list[str],
     for index in range(manifest["chunks"]):
         acts: Acts = {}
         for layer in layers:
-            keys, captions, acts[layer] = load_layer_chunk(activation_chunk(shard_dir, layer, index))
+            keys, captions, acts[layer] = load_layer_chunk(
+                activation_chunk(shard_dir, layer, index)
+            )
         yield keys, captions, acts
 
 
@@ -82,8 +92,11 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
 def source_shards(args: argparse.Namespace, model: str) -> list[str]:
     if args.acts_dir is not None:
         root = Path(args.acts_dir)
-        found = sorted(p.name for p in root.iterdir() if (p / "manifest.json").exists()) \
-            if root.is_dir() else []  # fmt: skip
+        found = (
+            sorted(p.name for p in root.iterdir() if (p / "manifest.json").exists())
+            if root.is_dir()
+            else []
+        )
         if not found:
             raise InputMissing(f"no finished activation shards under {root}")
         return [s for s in found if not args.shards or s in args.shards]

@@ -50,8 +50,14 @@ class Coder:
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Coder:
         move = {k: getattr(self, k).to(device, dtype) for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
         thr = None if self.threshold is None else self.threshold.to(device, dtype)
-        return Coder(**move, activation=self.activation, k=self.k, threshold=thr,
-                     apply_b_dec_to_input=self.apply_b_dec_to_input, source=self.source)  # fmt: skip
+        return Coder(
+            **move,
+            activation=self.activation,
+            k=self.k,
+            threshold=thr,
+            apply_b_dec_to_input=self.apply_b_dec_to_input,
+            source=self.source,
+        )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, D) -> codes (N, F), zero where a feature is inactive."""
@@ -95,9 +101,16 @@ def _sparsify(folder: Path) -> Coder:
     sae = SparseCoder.load_from_disk(folder)
     if sae.cfg.activation != "topk" or sae.cfg.transcode or sae.W_skip is not None:
         raise UserError(f"{folder}: only plain TopK sparsify autoencoders are supported")
-    return Coder(sae.encoder.weight.detach().T.contiguous(), sae.encoder.bias.detach(),
-                 sae.W_dec.detach(), sae.b_dec.detach(), "topk", k=sae.cfg.k,
-                 apply_b_dec_to_input=True, source="sparsify")  # fmt: skip
+    return Coder(
+        sae.encoder.weight.detach().T.contiguous(),
+        sae.encoder.bias.detach(),
+        sae.W_dec.detach(),
+        sae.b_dec.detach(),
+        "topk",
+        k=sae.cfg.k,
+        apply_b_dec_to_input=True,
+        source="sparsify",
+    )
 
 
 def _saelens(folder: Path) -> Coder:
@@ -118,9 +131,16 @@ def _saelens(folder: Path) -> Coder:
         act, extra = "relu", {}
     else:
         raise UserError(f"{folder}: SAELens architecture {arch!r} is not supported")
-    return Coder(w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], act,
-                 apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
-                 source=f"saelens:{arch}", **extra)  # fmt: skip
+    return Coder(
+        w["W_enc"],
+        w["b_enc"],
+        w["W_dec"],
+        w["b_dec"],
+        act,
+        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+        source=f"saelens:{arch}",
+        **extra,
+    )
 
 
 def _gemma_scope(folder: Path) -> Coder:
@@ -129,6 +149,13 @@ def _gemma_scope(folder: Path) -> Coder:
     with np.load(folder / "params.npz") as p:
         t = {k: torch.from_numpy(np.asarray(p[k], dtype=np.float32)) for k in p.files}
     # Gemma Scope's JumpReLU encodes x itself (its b_dec is only added back on decoding)
-    return Coder(t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"], "jumprelu",
-                 threshold=t["threshold"], apply_b_dec_to_input=False,
-                 source="gemma-scope")  # fmt: skip
+    return Coder(
+        t["W_enc"],
+        t["b_enc"],
+        t["W_dec"],
+        t["b_dec"],
+        "jumprelu",
+        threshold=t["threshold"],
+        apply_b_dec_to_input=False,
+        source="gemma-scope",
+    )

@@ -83,8 +83,10 @@ def residuals(
     """The token sets of seq at each layer's hook_resid_post, and the logits (B, L, V)."""
     with capture_resid(adapter.lm_blocks(), layers) as store:
         logits = adapter.run_lm(seq)
-    acts = {layer: {name: gather(store[layer], spans) for name, spans in seq.spans.items()}
-            for layer in layers}  # fmt: skip
+    acts = {
+        layer: {name: gather(store[layer], spans) for name, spans in seq.spans.items()}
+        for layer in layers
+    }
     return acts, logits
 
 
@@ -92,8 +94,12 @@ def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean NLL of the labelled positions of each row: logits (B, L, V), labels (B, L) -> (B,).
 
     One (V,) row per position in float32, as ComposedVLM.caption_loss computes it."""
-    flat = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                           ignore_index=-100, reduction="none").view_as(labels)  # fmt: skip
+    flat = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+    ).view_as(labels)
     return flat.sum(1) / (labels != -100).sum(1)
 
 

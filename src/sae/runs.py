@@ -36,8 +36,9 @@ def load_named_adapter(args: argparse.Namespace) -> VLMAdapter:
     from src.runtime import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
-    return load_adapter(args.model, args.vlm_id, device=device,
-                        dtype=resolve_dtype(args.dtype, device))  # fmt: skip
+    return load_adapter(
+        args.model, args.vlm_id, device=device, dtype=resolve_dtype(args.dtype, device)
+    )
 
 
 def check_layers(adapter: VLMAdapter, layers: list[int]) -> None:
@@ -64,8 +65,9 @@ def cache_shard(
             continue
         sets: dict[int, dict[str, list]] = {layer: defaultdict(list) for layer in args.layers}
         for s in range(0, len(chunk.keys), args.batch_size):
-            sub = ImageBatch(*(x[s : s + args.batch_size]
-                               for x in (chunk.keys, chunk.captions, chunk.images)))  # fmt: skip
+            sub = ImageBatch(
+                *(x[s : s + args.batch_size] for x in (chunk.keys, chunk.captions, chunk.images))
+            )
             acts = image_and_control(adapter, sub, args.layers, args.prompt)
             for layer in args.layers:
                 for name, rows in acts[layer].items():
@@ -78,8 +80,13 @@ def cache_shard(
     if n == 0:
         raise InputMissing(f"{args.image_dir}/{shard}: no image with a caption to cache")
     mean_tokens = {k: round(sum(v) / len(v), 2) for k, v in tokens.items()}
-    return {"n_images": n, "chunks": index + 1, "skipped": skipped, "sets": list(tokens),
-            "tokens": {"mean_per_image": mean_tokens}}  # fmt: skip
+    return {
+        "n_images": n,
+        "chunks": index + 1,
+        "skipped": skipped,
+        "sets": list(tokens),
+        "tokens": {"mean_per_image": mean_tokens},
+    }
 
 
 # --- train_sae ----------------------------------------------------------------------------
@@ -102,19 +109,26 @@ def corpus_texts(args: argparse.Namespace) -> list[str]:
 
 @torch.no_grad()
 def text_activations(
-    adapter: VLMAdapter, texts: list[str], layers: list[int], prompt: str, batch_size: int,
+    adapter: VLMAdapter,
+    texts: list[str],
+    layers: list[int],
+    prompt: str,
+    batch_size: int,
     progress: bool = True,
-) -> dict[int, torch.Tensor]:  # fmt: skip
+) -> dict[int, torch.Tensor]:
     """Each text in the prompt's place of the image (the control layout): its tokens and the
     prompt's after it, at each layer -> {layer: (N_tokens, D)} float32."""
     check_layers(adapter, layers)
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     for s in tqdm(range(0, len(texts), batch_size), desc="text activations", disable=not progress):
-        acts, _ = residuals(adapter, adapter.control_sequences(texts[s : s + batch_size], prompt),
-                            layers)  # fmt: skip
+        acts, _ = residuals(
+            adapter, adapter.control_sequences(texts[s : s + batch_size], prompt), layers
+        )
         for layer in layers:
-            out[layer] += [torch.cat([c, t]) for c, t in
-                           zip(acts[layer]["control"], acts[layer]["control_text"], strict=True)]  # fmt: skip
+            out[layer] += [
+                torch.cat([c, t])
+                for c, t in zip(acts[layer]["control"], acts[layer]["control_text"], strict=True)
+            ]
     return {layer: torch.cat(rows) for layer, rows in out.items()}
 
 
@@ -132,8 +146,9 @@ def check_source(args: argparse.Namespace) -> None:
     for shard in source_shards(args, args.model):
         m = read_manifest(Path(args.acts_dir) / shard) or {}
         if m.get("model") != args.model:
-            raise UserError(f"{args.acts_dir}/{shard} was cached by {m.get('model')!r}, "
-                            f"not {args.model!r}")  # fmt: skip
+            raise UserError(
+                f"{args.acts_dir}/{shard} was cached by {m.get('model')!r}, not {args.model!r}"
+            )
 
 
 @torch.no_grad()
@@ -156,19 +171,40 @@ def reconstruction_rows(
                         sums[layer, name].append(s)
                         l0s[layer, name].append(float(l0(codes).float().mean()))
                         act = active_features(codes).cpu()
-                        ever[layer, name] = ever[layer, name] | act if (layer, name) in ever else act
-                        images.append({"shard": shard, "key": key, "layer": layer, "tokens": name,
-                                       "fvu": float(s.err / (s.sxx - s.sx.pow(2).sum() / s.n)),
-                                       "l0": l0s[layer, name][-1]})  # fmt: skip
+                        ever[layer, name] = (
+                            ever[layer, name] | act if (layer, name) in ever else act
+                        )
+                        images.append(
+                            {
+                                "shard": shard,
+                                "key": key,
+                                "layer": layer,
+                                "tokens": name,
+                                "fvu": float(s.err / (s.sxx - s.sx.pow(2).sum() / s.n)),
+                                "l0": l0s[layer, name][-1],
+                            }
+                        )
     rows = []
     for (layer, name), parts in sorted(sums.items()):
         f = fvu_with_ci(TokenSums.stack(parts), args.bootstrap, args.seed)
         z = summarize(torch.tensor(l0s[layer, name]), args.bootstrap, args.seed)
-        rows.append({"model": args.model, "layer": layer, "tokens": name, "fvu": f["mean"],
-                     "fvu_ci_low": f["ci_low"], "fvu_ci_high": f["ci_high"], "l0": z["mean"],
-                     "l0_ci_low": z["ci_low"], "l0_ci_high": z["ci_high"],
-                     "dead_share": dead_share(ever[layer, name]), "n_images": f["n"],
-                     "n_features": coders[layer].n_features, "k": coders[layer].k})  # fmt: skip
+        rows.append(
+            {
+                "model": args.model,
+                "layer": layer,
+                "tokens": name,
+                "fvu": f["mean"],
+                "fvu_ci_low": f["ci_low"],
+                "fvu_ci_high": f["ci_high"],
+                "l0": z["mean"],
+                "l0_ci_low": z["ci_low"],
+                "l0_ci_high": z["ci_high"],
+                "dead_share": dead_share(ever[layer, name]),
+                "n_images": f["n"],
+                "n_features": coders[layer].n_features,
+                "k": coders[layer].k,
+            }
+        )
     return rows, images
 
 
@@ -193,8 +229,16 @@ def delta_nll(
                 with splice_resid(blocks, layer, seq.spans["image"], coder.reconstruct):
                     d = sequence_nll(adapter.run_lm(seq), seq.labels).cpu() - clean
                 per[layer] += d.tolist()
-                rows += [{"shard": shard, "key": k, "layer": layer, "nll": float(c),
-                          "delta_nll": float(v)} for k, c, v in zip(b.keys, clean, d, strict=True)]  # fmt: skip
+                rows += [
+                    {
+                        "shard": shard,
+                        "key": k,
+                        "layer": layer,
+                        "nll": float(c),
+                        "delta_nll": float(v),
+                    }
+                    for k, c, v in zip(b.keys, clean, d, strict=True)
+                ]
             left -= len(b.keys)
         if left <= 0:
             break
@@ -204,10 +248,10 @@ def delta_nll(
 
 # --- sae_semantic ---------------------------------------------------------------------------
 
-STOPWORDS = frozenset(
-    "the and with from that this there their its into onto over under near next beside".split()
-    + "are was were has have had for not but all any one".split()
-)
+# function words that every caption shares (stripped before matching lens words)
+_FUNCTION_WORDS = """the and with from that this there their its into onto over under near next
+beside are was were has have had for not but all any one"""
+STOPWORDS = frozenset(_FUNCTION_WORDS.split())
 
 
 def content_words(caption: str) -> set[str]:
@@ -271,8 +315,9 @@ def semantic_rows(
     words = [content_words(c) for c in captions]
     rows, per_image = [], []
     for layer, coder in coders.items():
-        lens = lens_words(adapter, coder, sorted({int(f) for t in top[layer] for f in t}),
-                          args.top_tokens)  # fmt: skip
+        lens = lens_words(
+            adapter, coder, sorted({int(f) for t in top[layer] for f in t}), args.top_tokens
+        )
         measures = {"overlap": [], "overlap_chance": [], "lens": [], "lens_chance": []}
         for i, j in enumerate(other):
             measures["overlap"].append(overlap_share(img[layer][i], cap[layer][i]))
@@ -285,10 +330,21 @@ def semantic_rows(
         for m in ("overlap", "lens"):
             own, chance = torch.tensor(measures[m]), torch.tensor(measures[m + "_chance"])
             a, b, d = (summarize(v, args.bootstrap, args.seed) for v in (own, chance, own - chance))
-            rows.append({"model": args.model, "layer": layer, "measure": m, "own": a["mean"],
-                         "own_ci_low": a["ci_low"], "own_ci_high": a["ci_high"],
-                         "chance": b["mean"], "chance_ci_low": b["ci_low"],
-                         "chance_ci_high": b["ci_high"], "diff": d["mean"],
-                         "diff_ci_low": d["ci_low"], "diff_ci_high": d["ci_high"],
-                         "n_images": a["n"]})  # fmt: skip
+            rows.append(
+                {
+                    "model": args.model,
+                    "layer": layer,
+                    "measure": m,
+                    "own": a["mean"],
+                    "own_ci_low": a["ci_low"],
+                    "own_ci_high": a["ci_high"],
+                    "chance": b["mean"],
+                    "chance_ci_low": b["ci_low"],
+                    "chance_ci_high": b["ci_high"],
+                    "diff": d["mean"],
+                    "diff_ci_low": d["ci_low"],
+                    "diff_ci_high": d["ci_high"],
+                    "n_images": a["n"],
+                }
+            )
     return rows, per_image

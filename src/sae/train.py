@@ -21,13 +21,16 @@ from tqdm.auto import tqdm
 class SAEConfig:
     expansion_factor: int = field(default=4, metadata={"help": "features = d_in x this"})
     k: int = field(default=32, metadata={"help": "active features per token (TopK)"})
-    epochs: int = field(default=30, metadata={"help": "passes over the text activations"})
-    sae_batch: int = field(default=512, metadata={"help": "tokens per optimiser step"})
+    epochs: int = field(default=10, metadata={"help": "passes over the text activations"})
+    sae_batch: int = field(default=256, metadata={"help": "tokens per optimiser step"})
     lr: float = field(default=2e-3, metadata={"help": "Adam learning rate"})
     auxk_alpha: float = field(default=1 / 32, metadata={"help": "weight of the AuxK loss"})
     dead_tokens: int = field(
-        default=0, metadata={"help": "tokens without firing that make a feature dead for AuxK "
-                             "(0: one epoch's tokens)"}  # fmt: skip
+        default=0,
+        metadata={
+            "help": "tokens without firing that make a feature dead for AuxK "
+            "(0: one epoch's tokens)"
+        },
     )
     seed: int = field(default=0, metadata={"help": "initialisation and shuffling seed"})
 
@@ -41,9 +44,13 @@ class TrainResult:
 
 
 def train_sparse_coder(
-    x: torch.Tensor, cfg: SAEConfig, device: torch.device, *, progress: bool = False,
+    x: torch.Tensor,
+    cfg: SAEConfig,
+    device: torch.device,
+    *,
+    progress: bool = False,
     target_fvu: float | None = None,
-) -> TrainResult:  # fmt: skip
+) -> TrainResult:
     """Train one TopK SparseCoder on activations x (N, D) (float32, any device).
 
     target_fvu: stop after the first epoch whose mean training FVU is at or below it."""
@@ -52,8 +59,12 @@ def train_sparse_coder(
     torch.manual_seed(cfg.seed)
     x = x.to(device, torch.float32)
     n = x.shape[0]
-    sae = SparseCoder(x.shape[1], SparseCoderConfig(expansion_factor=cfg.expansion_factor,
-                                                    k=cfg.k), device, dtype=torch.float32)  # fmt: skip
+    sae = SparseCoder(
+        x.shape[1],
+        SparseCoderConfig(expansion_factor=cfg.expansion_factor, k=cfg.k),
+        device,
+        dtype=torch.float32,
+    )
     sae.b_dec.data = x.mean(0)  # sparsify's Trainer: pre-activations centred at the start
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
     since = torch.zeros(sae.num_latents, dtype=torch.long, device=device)

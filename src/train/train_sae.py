@@ -59,22 +59,37 @@ def run(args: argparse.Namespace) -> int:
     texts = corpus_texts(args)
     adapter = load_named_adapter(args)
     t0 = time.perf_counter()
-    acts = text_activations(adapter, texts, args.layers, args.prompt, args.text_batch,
-                            progress=not args.no_progress)  # fmt: skip
+    acts = text_activations(
+        adapter, texts, args.layers, args.prompt, args.text_batch, progress=not args.no_progress
+    )
     t_acts, layers = time.perf_counter() - t0, {}
     for layer, x in acts.items():
         res = train_sparse_coder(x, cfg, adapter.device, progress=not args.no_progress)
         res.sae.save_to_disk(sae_layer_dir(_folder(args), layer))
-        layers[str(layer)] = {"fvu_per_epoch": [round(f, 5) for f in res.fvu_per_epoch],
-                              "seconds": round(res.seconds, 2), "steps": res.steps}  # fmt: skip
-        print(f"[train_sae] layer {layer}: train FVU {res.fvu_per_epoch[-1]:.4f} "
-              f"({res.steps} steps, {res.seconds:.1f}s)")  # fmt: skip
+        layers[str(layer)] = {
+            "fvu_per_epoch": [round(f, 5) for f in res.fvu_per_epoch],
+            "seconds": round(res.seconds, 2),
+            "steps": res.steps,
+        }
+        print(
+            f"[train_sae] layer {layer}: train FVU {res.fvu_per_epoch[-1]:.4f} "
+            f"({res.steps} steps, {res.seconds:.1f}s)"
+        )
     write_json_atomic(_folder(args) / "training.json", layers)
-    write_manifest(_folder(args), stage="train_sae", model=args.model,
-                   **{k: v for k, v in adapter.describe().items() if k != "adapter"},
-                   hook="hook_resid_post", layers=args.layers, sae=vars(cfg), n_texts=len(texts),
-                   n_tokens=int(next(iter(acts.values())).shape[0]), training=layers,
-                   seconds_activations=round(t_acts, 2), args=vars(args))  # fmt: skip
+    write_manifest(
+        _folder(args),
+        stage="train_sae",
+        model=args.model,
+        **{k: v for k, v in adapter.describe().items() if k != "adapter"},
+        hook="hook_resid_post",
+        layers=args.layers,
+        sae=vars(cfg),
+        n_texts=len(texts),
+        n_tokens=int(next(iter(acts.values())).shape[0]),
+        training=layers,
+        seconds_activations=round(t_acts, 2),
+        args=vars(args),
+    )
     return 0
 
 
