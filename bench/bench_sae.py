@@ -61,7 +61,7 @@ def sparsify_trainer(lm, tok, texts, args) -> dict:
     """sparsify's Trainer on the same texts as plain documents (it tokenises nothing itself:
     a datasets.Dataset of input_ids rows of one length)."""
     from datasets import Dataset
-    from sparsify import SaeConfig, Trainer, TrainConfig
+    from sparsify import SaeConfig, TrainConfig, Trainer
 
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     width = min(len(i) for i in ids)

@@ -13,8 +13,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from src.data.io import atomic_write, write_json_atomic, write_manifest
 from src.data.paths import sae_dir, sae_results_dir, sae_table
 from src.models import MODEL_NAMES
@@ -50,59 +48,35 @@ def _sae(a: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from src.sae.runs import check_source, delta_nll, load_coders, load_named_adapter
+    from src.sae.runs import (
+        check_source,
+        delta_nll,
+        join_nll,
+        load_coders,
+        load_named_adapter,
+        reconstruction_rows,
+    )
 
     check_source(args)
     streaming = args.acts_dir is None
     adapter = load_named_adapter(args) if streaming or args.nll_images > 0 else None
     coders = load_coders(_sae(args), args.layers, adapter.device if adapter else "cpu")
-    from src.sae.runs import reconstruction_rows
-
     rows, images = reconstruction_rows(args, adapter, coders)
-    nll, nll_rows = (
-        delta_nll(args, adapter, coders) if adapter and args.nll_images > 0 else ({}, [])
-    )
-    for r in rows:
-        s = nll.get(r["layer"]) if r["tokens"] == "image" else None
-        r.update(
-            {
-                "delta_nll": s["mean"],
-                "delta_nll_ci_low": s["ci_low"],
-                "delta_nll_ci_high": s["ci_high"],
-                "nll_images": s["n"],
-            }
-            if s
-            else {}
-        )
-    df = pd.DataFrame(rows)
+    nll = delta_nll(args, adapter, coders) if adapter and args.nll_images > 0 else ({}, [])
+    df, per_image = join_nll(rows, images, *nll)
     out = args.out_dir
-    atomic_write(
-        sae_table(out, "sae_reconstruction", args.model), lambda t: df.to_csv(t, index=False)
-    )
-    per_image = pd.DataFrame(images).merge(
-        pd.DataFrame(nll_rows, columns=["shard", "key", "layer", "nll", "delta_nll"]).assign(
-            tokens="image"
-        ),
-        on=["shard", "key", "layer", "tokens"],
-        how="left",
-    )
-    atomic_write(
-        sae_table(out, "sae_reconstruction_images", args.model),
-        lambda t: per_image.to_csv(t, index=False),
-    )
+    for table, frame in (("sae_reconstruction", df), ("sae_reconstruction_images", per_image)):
+        atomic_write(sae_table(out, table, args.model), lambda t, f=frame: f.to_csv(t, index=False))
     write_json_atomic(
         sae_table(out, "sae_reconstruction", args.model, ".json"),
-        {"model": args.model, "rows": rows, "source": "stream" if streaming else "cache"},
-    )
+        {"model": args.model, "rows": df.to_dict("records"),
+         "source": "stream" if streaming else "cache"},
+    )  # fmt: skip
     write_manifest(
         out, stage="sae_reconstruction", model=args.model, sae_dir=_sae(args), args=vars(args)
     )
-    print(
-        df[
-            ["layer", "tokens", "fvu", "l0", "dead_share"]
-            + (["delta_nll"] if "delta_nll" in df else [])
-        ].to_string(index=False)
-    )
+    shown = ["layer", "tokens", "fvu", "l0", "dead_share", "delta_nll"]
+    print(df[[c for c in shown if c in df]].to_string(index=False))
     return 0
 
 

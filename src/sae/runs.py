@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -244,6 +245,23 @@ def delta_nll(
             break
     out = {layer: summarize(torch.tensor(v), args.bootstrap, args.seed) for layer, v in per.items()}
     return out, rows
+
+
+def join_nll(
+    rows: list[dict], images: list[dict], nll: dict[int, dict[str, float]], nll_rows: list[dict]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The delta-NLL summary added to the image rows of each layer; per-image rows joined."""
+    for r in rows:
+        s = nll.get(r["layer"]) if r["tokens"] == "image" else None
+        if s:
+            r.update({"delta_nll": s["mean"], "delta_nll_ci_low": s["ci_low"],
+                      "delta_nll_ci_high": s["ci_high"], "nll_images": s["n"]})  # fmt: skip
+    cols = ["shard", "key", "layer", "nll", "delta_nll"]
+    per_image = pd.DataFrame(images).merge(
+        pd.DataFrame(nll_rows, columns=cols).assign(tokens="image"),
+        on=["shard", "key", "layer", "tokens"], how="left",
+    )  # fmt: skip
+    return pd.DataFrame(rows), per_image
 
 
 # --- sae_semantic ---------------------------------------------------------------------------
