@@ -67,9 +67,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_progress", action="store_true")
     p.add_argument("--sae_models", default="mini", help="models of the SAE study ('' skips it)")
     p.add_argument("--sae_layers", default="3,11,19,27", help="LLM layers of the SAE study")
-    p.add_argument("--sae_images", type=int, default=128, help="held-out images measured")
-    p.add_argument("--sae_texts", type=int, default=192, help="captions the SAEs train on")
-    p.add_argument("--sae_nll_images", type=int, default=24, help="images for the delta-NLL")
+    p.add_argument("--sae_images", type=int, default=64, help="held-out images measured")
+    p.add_argument("--sae_texts", type=int, default=128, help="captions the SAEs train on")
+    p.add_argument("--sae_nll_images", type=int, default=16, help="images for the delta-NLL")
     return p
 
 
