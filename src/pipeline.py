@@ -29,15 +29,17 @@ from src.eval import (
     eval_captions,
     eval_perturb,
     eval_recon,
+    sae_reconstruction,
+    sae_semantic,
     score_captions,
     score_perturb,
 )
-from src.extract import extract_clip, extract_knn, extract_vectors, make_sample
+from src.extract import cache_activations, extract_clip, extract_knn, extract_vectors, make_sample
 from src.models.reference import preferred_dtype
 from src.models.towers import remember_pooled_features
 from src.plot import report
 from src.runtime import csv_list
-from src.train import export_recon, train_kernel_align, train_recon
+from src.train import export_recon, train_kernel_align, train_recon, train_sae
 
 Step = tuple[str, Callable[[list[str]], int], list[str]]
 
@@ -100,6 +102,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--num_workers", type=int, help="decode workers (default: automatic)")
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--sae_models", default="mini", help="models of the SAE study ('' skips it)")
+    p.add_argument("--sae_layers", default="3,11,19,27", help="LLM layers of the SAE study")
+    p.add_argument("--sae_images", type=int, default=64, help="held-out images measured")
+    p.add_argument("--sae_texts", type=int, default=128, help="captions the SAEs train on")
+    p.add_argument("--sae_nll_images", type=int, default=16, help="images for the delta-NLL")
     return p
 
 
@@ -140,6 +147,32 @@ def kernel_steps(args: argparse.Namespace) -> list[Step]:
         steps.append(("kernel connectors compared", compare_connectors.main,
                       [a for p in pair for a in ("--connector", p)]
                       + flags(baseline="original", out_dir=out)))  # fmt: skip
+    return steps
+
+
+def sae_steps(args: argparse.Namespace) -> list[Step]:
+    """Seed C on each of --sae_models: cache the residual stream of the held-out shard, train
+    TopK SAEs on the captions of another shard, then reconstruction and semantic measures."""
+    steps: list[Step] = []
+    images, quiet, layers = args.data / "sample", args.no_progress, args.sae_layers
+    for model in [m for m in args.sae_models.split(",") if m]:
+        acts, saes = args.data / "activations", args.data / "sae"
+        common = dict(model=model, layers=layers, device=args.device, skip_existing=True,
+                      no_progress=quiet)  # fmt: skip
+        measure = dict(acts_dir=acts / model, sae_dir=saes / model,
+                       out_dir=args.results / "sae", **common)  # fmt: skip
+        steps += [
+            (f"activations {model}", cache_activations.main,
+             flags(image_dir=images, shards=args.caption_shard, limit=args.sae_images,
+                   out_dir=acts, **common)),
+            (f"SAEs {model}", train_sae.main,
+             flags(image_dir=images, shards="synth_00", max_texts=args.sae_texts,
+                   out_dir=saes, **common)),
+            (f"SAE reconstruction {model}", sae_reconstruction.main,
+             flags(image_dir=images, shards=args.caption_shard, nll_images=args.sae_nll_images,
+                   **measure)),
+            (f"SAE semantics {model}", sae_semantic.main, flags(**measure)),
+        ]  # fmt: skip
     return steps
 
 
@@ -214,6 +247,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
                   flags(perturb_dir=perturbed, out_dir=perturb_results_dir(args.results),
                         skip_existing=True, **nll)))  # fmt: skip
     steps += kernel_steps(args)
+    steps += sae_steps(args)
     steps.append(("figures and report", report.main,
                   flags(results=args.results, figures=args.figures, out=args.results,
                         skip_existing=True)))  # fmt: skip

@@ -200,3 +200,37 @@ def kernel_results_dir(results: Path) -> Path:
 def kernel_table(out_dir: Path, name: str) -> Path:
     """<out_dir>/<name>.csv: history (per step), fit (least-squares fit), heldout, connectors."""
     return Path(out_dir) / f"{name}.csv"
+
+
+# Sparse autoencoders (seed C): activation caches, trained SAEs, their result tables.
+
+
+def activation_dir(root: Path, model: str) -> Path:
+    """data/activations/<model>: cache_activations' residual-stream cache, a folder per shard."""
+    return Path(root) / model
+
+
+def activation_chunk(shard_dir: Path, layer: int, index: int) -> Path:
+    """<shard_dir>/L<layer>_<index>.pt: one layer's token sets for one chunk of images."""
+    return Path(shard_dir) / f"L{layer:03d}_{index}.pt"
+
+
+def sae_dir(root: Path, model: str) -> Path:
+    """data/sae/<model>: train_sae's SAEs, one sparsify folder per layer (sae_layer_dir)."""
+    return Path(root) / model
+
+
+def sae_layer_dir(folder: Path, layer: int) -> Path:
+    """<folder>/layers.<layer>: sparsify's name for the SAE of decoder block <layer>."""
+    return Path(folder) / f"layers.{layer}"
+
+
+def sae_results_dir(results: Path) -> Path:
+    """results/sae: sae_reconstruction's and sae_semantic's tables for every model."""
+    return Path(results) / "sae"
+
+
+def sae_table(out_dir: Path, table: str, model: str, suffix: str = ".csv") -> Path:
+    """<out_dir>/<table>_<model>.csv: reconstruction / semantic (per layer and token set) or
+    their per-image rows (<table>_images)."""
+    return Path(out_dir) / f"{table}_{model}{suffix}"

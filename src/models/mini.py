@@ -23,6 +23,7 @@ from src.errors import UserError
 from src.models.base import (
     DEFAULT_PROMPT,
     BatchInputs,
+    LMSequences,
     Preprocessor,
     VisionOutput,
     VLMAdapter,
@@ -403,6 +404,61 @@ class MiniAdapter(VLMAdapter):
         prompt = inputs.get("prompt") or DEFAULT_PROMPT
         stacked = torch.stack([p.to(self.device, self.dtype) for p in post])
         return self.model.generate(stacked, prompt, max_new_tokens)
+
+    # The LLM side for the SAE stages. The prefix is before + image tokens + after, one length
+    # for every image, so the spans are the same ranges in every row.
+
+    def lm_blocks(self) -> torch.nn.ModuleList:
+        return self.model.lm.get_decoder().layers
+
+    def lm_readout(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        return self.model.lm.get_decoder().norm, self.model.lm.get_output_embeddings()
+
+    @torch.no_grad()
+    def image_sequences(
+        self, inputs: BatchInputs, captions: list[str] | None = None
+    ) -> LMSequences:
+        post = torch.stack([p.to(self.device, self.dtype) for p in self.encode(inputs).post])
+        prompt = inputs.get("prompt") or DEFAULT_PROMPT
+        embeds = self.model.embed_prompt(post, prompt)  # (B, P, D)
+        (b, p), lb, t = embeds.shape[:2], len(self.model._prompt_ids(prompt)[0]), post.shape[1]
+        spans = {"image": [torch.arange(lb, lb + t)] * b, "text": [torch.arange(lb + t, p)] * b}
+        mask = torch.ones(b, p, device=self.device)
+        labels = None
+        if captions is not None:
+            # as caption_loss builds it: caption + eos after the prompt, right-padded
+            target = self.model._caption_targets(captions, self.device)  # (B, W)
+            text = self.model.lm.get_input_embeddings()(target.clamp(min=0)).to(embeds.dtype)
+            embeds = torch.cat([embeds, text], 1)
+            mask = torch.cat([mask, (target != -100).float()], 1)
+            labels = torch.full(mask.shape, -100, dtype=torch.long, device=self.device)
+            labels[:, p - 1 : p - 1 + target.shape[1]] = target  # position p - 1 predicts token 0
+        return LMSequences({"inputs_embeds": embeds, "attention_mask": mask}, spans, labels)
+
+    def control_sequences(self, captions: list[str], prompt: str) -> LMSequences:
+        before, after = self.model._prompt_ids(prompt)
+        tok = self.model.tokenizer
+        caps = [torch.tensor(tok(c, add_special_tokens=False)["input_ids"], dtype=torch.long)
+                for c in captions]  # fmt: skip
+        rows = [torch.cat([before, c, after]) for c in caps]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.model.eos_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), width)
+        for i, r in enumerate(rows):  # right-padded: every row starts at position 0
+            ids[i, : len(r)], mask[i, : len(r)] = r, 1
+        lb, la = len(before), len(after)
+        spans = {
+            "control": [torch.arange(lb, lb + len(c)) for c in caps],
+            "control_text": [torch.arange(lb + len(c), lb + len(c) + la) for c in caps],
+        }
+        kwargs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+        return LMSequences(kwargs, spans)
+
+    def text_tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    def run_lm(self, seq: LMSequences) -> torch.Tensor:
+        return self.model.lm(**seq.kwargs).logits
 
 
 class MiniGemmaAdapter(MiniAdapter):

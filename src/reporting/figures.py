@@ -69,7 +69,7 @@ def _errorbar(ax: Axes, x, mean, lo, hi, label: str, **kw):
     """Points with asymmetric CI bars; the container carries `label` (tests look it up)."""
     mean, lo, hi = (np.asarray(v, dtype=float) for v in (mean, lo, hi))
     yerr = np.vstack([mean - lo, hi - mean])
-    return ax.errorbar(x, mean, yerr=yerr, label=label, capsize=3, marker="o", **kw)
+    return ax.errorbar(x, mean, yerr=yerr, label=label, capsize=3, **{"marker": "o", **kw})
 
 
 def _legend_below(ax: Axes, ncol: int = 2) -> None:
@@ -644,4 +644,5 @@ def all_plots(results: Path, models: list[str] | None = None) -> list[tuple[str,
     for mode in tables.perturb_modes(results):
         makers.append((f"perturb_{mode}", lambda mode=mode: perturb_plot(results, mode, models)))
     makers += importlib.import_module("src.reporting.kernel_figures").kernel_plots(results)
+    makers += importlib.import_module("src.reporting.sae_figures").makers(results, models)
     return makers

@@ -18,6 +18,8 @@ from src.data.paths import (
     perturb_results_dir,
     recon_results_dir,
     recon_table,
+    sae_results_dir,
+    sae_table,
     scored_dir,
 )
 from src.errors import InputMissing
@@ -94,7 +96,7 @@ def input_tables(results: Path) -> list[Path]:
     tells whether a finished report is still up to date."""
     results = Path(results)
     found = []
-    for folder in ("knn", "recon", "captions", "perturb", "kernel_align"):
+    for folder in ("knn", "recon", "captions", "perturb", "kernel_align", "sae"):
         for p in (results / folder).rglob("*"):
             if p.is_file() and p.suffix in (".csv", ".json") and p.name != "manifest.json":
                 found.append(p)
@@ -116,3 +118,16 @@ def kernel_align_table(results: Path, name: str) -> pd.DataFrame:
         "src.eval.compare_connectors" if name == "connectors" else "src.train.train_kernel_align"
     )
     return _read(kernel_table(kernel_results_dir(results), name), stage)
+
+
+def sae_models(results: Path, table: str = "sae_reconstruction") -> list[str]:
+    """Models with a table of the SAE stages: results/sae/<table>_<model>.csv."""
+    found = sae_results_dir(results).glob(f"{table}_*.csv")
+    return sorted(p.stem.removeprefix(f"{table}_") for p in found
+                  if not p.stem.removeprefix(f"{table}_").startswith("images_"))  # fmt: skip
+
+
+def sae_rows(results: Path, table: str, model: str) -> pd.DataFrame:
+    """sae_reconstruction's (layer, tokens, fvu, l0, dead_share, delta_nll + CIs) or
+    sae_semantic's (layer, measure, own, chance, diff + CIs) table of one model."""
+    return _read(sae_table(sae_results_dir(results), table, model), f"src.eval.{table}")
