@@ -53,6 +53,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption_shard", default="synth_03", help="held-out shard to caption")
     p.add_argument("--caption_n", type=int, default=200, help="images captioned per variant")
     p.add_argument("--perturb_n", type=int, default=100, help="images per perturbation level")
+    p.add_argument(
+        "--align_n",
+        type=int,
+        default=40,
+        help="alignment suite: images per data type (first N of each --align_shards)",
+    )
+    p.add_argument(
+        "--align_shards",
+        default="charts,documents,photos,tables,synth_00",
+        help="alignment suite: the sample shards it reads (one per data type)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--num_workers", type=int, help="decode workers (default: automatic)")
@@ -72,6 +83,34 @@ def flags(**kw: object) -> list[str]:
         else:
             out += [f"--{k}"] if v is True else [f"--{k}", str(v)]
     return out
+
+
+def align_suite_steps(args: argparse.Namespace) -> list[Step]:
+    """Seed A's suite on the offline encoders (EfficientNet-Lite0, CRAFT, mini's E_pre / E_post)
+    and text models (SmolLM2, Gemma 3 270M at two layers; MiniLM) over --align_n images per data
+    type: caption embeddings and CRAFT on that subset, then CKA, CORAL, EAS / ELAS and e2e."""
+    from src.align.commands import Plan, eval_steps, text_steps, vision_steps
+
+    data, shards = args.data, args.align_shards.split(",")
+    plan = Plan(data / "sample", data / "align", args.results / "align", shards, args.align_n,
+                args.device, args.no_progress, [-6, -1])  # fmt: skip
+    craft, craft_specs = vision_steps(plan, ["craft-vgg16"])
+    texts, text_specs = text_steps(plan, ["smollm2", "gemma3-270m", "minilm"])
+    vec = data / "vector" / "mini"
+    vision = [
+        f"mini.pre:pre:{vec}",
+        f"mini.post:post:{vec}",
+        f"efficientnet-lite0:ref:{data / 'clip_ref' / 'efficientnet-lite0'}",
+        *craft_specs,
+    ]
+    extra = {
+        "align_compare": {"bootstrap": 200, "permutations": 200},
+        "align_coral": {"permutations": 100},
+        "align_scores": {"bootstrap": 100, "permutations": 50},
+        "align_e2e": {"projectors": "linear,mlp", "steps": 200},
+    }
+    stages = ["align_compare", "align_coral", "align_scores", "align_e2e"]
+    return craft + texts + eval_steps(plan, stages, vision, text_specs, extra)  # fmt: skip
 
 
 def plan(args: argparse.Namespace) -> list[Step]:
@@ -139,6 +178,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
     steps.append(("score perturbations", score_perturb.main,
                   flags(perturb_dir=perturbed, out_dir=perturb_results_dir(args.results),
                         skip_existing=True, **nll)))  # fmt: skip
+    steps += align_suite_steps(args)
     steps.append(("figures and report", report.main,
                   flags(results=args.results, figures=args.figures, out=args.results,
                         skip_existing=True)))  # fmt: skip
