@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -13,7 +14,7 @@ from tqdm.auto import tqdm
 from src.align.projectors import fit_projector
 from src.align.spaces import Space, data_types, held_out, match, type_subsets
 from src.metrics import alignment as al
-from src.metrics.measures import bootstrap_kernel, get_measure
+from src.metrics.measures import bootstrap_kernel, centred_ci, get_measure
 from src.metrics.retrieval import retrieval_metrics
 from src.metrics.similarity import linear_cka
 from src.metrics.stats import bootstrap_spearman, spearman
@@ -59,6 +60,7 @@ def compare_rows(vision: list[Space], text: list[Space], args: argparse.Namespac
                     m, kx[idx][:, idx], ky[idx][:, idx], args.bootstrap, args.seed
                 )
                 test = m.null(x, y, n_perm=args.permutations, seed=args.seed)
+                lo, hi = centred_ci(test.observed, boot)
                 rows.append(
                     {
                         **p["ids"],
@@ -66,8 +68,8 @@ def compare_rows(vision: list[Space], text: list[Space], args: argparse.Namespac
                         "measure": name,
                         "n": len(idx),
                         "value": test.observed,
-                        "ci_low": _quantile(boot, 0.025),
-                        "ci_high": _quantile(boot, 0.975),
+                        "ci_low": lo,
+                        "ci_high": hi,
                         "null_mean": float(test.null.mean()),
                         "null_q95": _quantile(test.null, 0.95),
                         "p_value": test.p_value,
@@ -205,13 +207,15 @@ def score_rows(vision: list[Space], text: list[Space], args: argparse.Namespace)
         for score, (value, boot) in comp.items():
             b = torch.tensor(boot or [], dtype=torch.float64)
             parts = seed if score.endswith("_seed") else ours
+            # resampled duplicates bias the CKA term: the spread, centred on the value, in [0, 1]
+            lo, hi = (al.clip01(v) for v in centred_ci(value, b)) if b.numel() else (np.nan,) * 2
             rows.append(
                 {
                     **p["ids"],
                     "score": score,
                     "value": value,
-                    "ci_low": _quantile(b, 0.025),
-                    "ci_high": _quantile(b, 0.975),
+                    "ci_low": lo,
+                    "ci_high": hi,
                     "n_test": n_te,
                     **{f"c_{k}": v for k, v in parts.items()},
                 }
