@@ -53,12 +53,9 @@ def compare_rows(vision: list[Space], text: list[Space], args: argparse.Namespac
         everyone = torch.ones(len(p["keys"]), dtype=torch.bool)
         for name in args.measures:
             m = get_measure(name)
-            kx, ky = m.gram(p["x"]), m.gram(p["y"])
             for dtype, idx in type_subsets(p["types"], everyone, args.min_per_type):
                 x, y = p["x"][idx], p["y"][idx]
-                boot = bootstrap_kernel(
-                    m, kx[idx][:, idx], ky[idx][:, idx], args.bootstrap, args.seed
-                )
+                boot = bootstrap_kernel(m, m.gram(x), m.gram(y), args.bootstrap, args.seed)
                 test = m.null(x, y, n_perm=args.permutations, seed=args.seed)
                 lo, hi = centred_ci(test.observed, boot)
                 rows.append(
@@ -250,7 +247,8 @@ def e2e_rows(vision: list[Space], text: list[Space], args) -> tuple[list[dict], 
                     }
                     res = retrieval_metrics(proj(p["x"][idx]), torch.cat(caps), owner)
                     rows += [{**base, **r} for r in res]
-                    if split == "held_out" and kind == args.projectors[0]:
+                    # points: one per data type (the 'all' row overlaps them)
+                    if split == "held_out" and kind == args.projectors[0] and dtype != "all":
                         mrr = [r["value"] - r["chance"] for r in res if r["metric"] == "MRR"]
                         points.append(
                             {

@@ -219,9 +219,9 @@ def cka_retrieval_plot(results: Path) -> Plot:
         fig,
         pts,
         "Does CKA predict retrieval?",
-        "One point per encoder x LLM x layer x data type (held-out images of that type; "
-        "'all' = every held-out image). Spearman's rho with a bootstrap CI over points "
-        "and a two-sided permutation p-value, instead of a Pearson r over three "
+        "One point per encoder x LLM x layer x data type (held-out images of that type, "
+        "types with too few held-out images left out). Spearman's rho with a bootstrap CI over "
+        "points and a two-sided permutation p-value, instead of a Pearson r over three "
         "encoders.",
     )
 
