@@ -17,6 +17,18 @@ from src.data.paths import align_table
 from src.runtime import csv_list
 from src.stage import Stage
 
+CORRELATION_COLUMNS = [
+    "cka",
+    "retrieval",
+    "n_points",
+    "rho",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "permutations",
+    "mean_abs_null",
+]
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m src.eval.align_e2e", description=__doc__)
@@ -43,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     tables = {
         "retrieval": pd.DataFrame(rows),
         "cka_points": pd.DataFrame(points),
-        "correlation": pd.DataFrame(correlation_rows(points, args)),
+        # too few points (a tiny run): the table keeps its columns, and says so by being empty
+        "correlation": pd.DataFrame(correlation_rows(points, args), columns=CORRELATION_COLUMNS),
     }
     write_tables(args.out_dir, "align_e2e", tables, args)
     print_headline(tables["retrieval"], tables["correlation"])

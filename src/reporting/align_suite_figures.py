@@ -193,8 +193,13 @@ def retrieval_plot(results: Path) -> Plot:
 def cka_retrieval_plot(results: Path) -> Plot:
     """Held-out unbiased CKA against retrieval above chance, every (encoder, LLM, layer, data
     type) point, with the Spearman rho, its bootstrap CI and permutation p-value."""
-    pts = tables.align_table(results, "e2e", "cka_points")
+    try:
+        pts = tables.align_table(results, "e2e", "cka_points")
+    except pd.errors.EmptyDataError:  # written with no row: a run too small for points
+        pts = pd.DataFrame()
     corr = tables.align_table(results, "e2e", "correlation").set_index("cka")
+    if pts.empty or "cka_u" not in pts:
+        raise tables.MissingResults("align_e2e found no data type with enough held-out images")
     fig = _new_figure(1, 1, width=6.0, height=4.6)
     ax = fig.subplots()
     for t, g in pts.groupby("data_type"):
