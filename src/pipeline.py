@@ -103,11 +103,12 @@ def align_suite_steps(args: argparse.Namespace) -> list[Step]:
         f"efficientnet-lite0:ref:{data / 'clip_ref' / 'efficientnet-lite0'}",
         *craft_specs,
     ]
+    # sized for the main job's budget (~70 s on 2 idle cores); the CLI's defaults are larger
     extra = {
-        "align_compare": {"bootstrap": 200, "permutations": 200},
-        "align_coral": {"permutations": 100},
-        "align_scores": {"bootstrap": 100, "permutations": 50},
-        "align_e2e": {"projectors": "linear,mlp", "steps": 200},
+        "align_compare": {"bootstrap": 100, "permutations": 100},
+        "align_coral": {"permutations": 50},
+        "align_scores": {"bootstrap": 100, "permutations": 30},
+        "align_e2e": {"projectors": "linear,mlp", "steps": 100},
     }
     stages = ["align_compare", "align_coral", "align_scores", "align_e2e"]
     return craft + texts + eval_steps(plan, stages, vision, text_specs, extra)  # fmt: skip
