@@ -45,13 +45,15 @@ def cka_matrix_plot(results: Path) -> Plot:
                 marker="_",
                 s=120,
                 color=c.lines[0].get_color(),
-                label=f"{enc}: null 95%" if j == 0 else None,
+                label="null 95% (shuffled pairs; encoder's colour)" if j == 0 else None,
             )
         ax.axhline(0, color="0.6", linewidth=0.8)
         ax.set_xticks(range(len(texts)), texts, rotation=30, ha="right", fontsize=8)
         ax.set(title=ESTIMATORS[m], ylabel="CKA (all images)", xlabel="text space (LLM@layer)")
         ax.grid(alpha=0.3)
-    _legend_below(axes[0], ncol=2)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(encoders) + 1, fontsize=8,
+               frameon=False)  # fmt: skip
     n = int(df["n"].max()) if len(df) else 0
     return Plot(
         "align_cka",
