@@ -12,6 +12,8 @@ import pandas as pd
 
 from src.data.paths import (
     captions_results_dir,
+    kernel_results_dir,
+    kernel_table,
     knn_results_dir,
     perturb_results_dir,
     recon_results_dir,
@@ -92,7 +94,7 @@ def input_tables(results: Path) -> list[Path]:
     tells whether a finished report is still up to date."""
     results = Path(results)
     found = []
-    for folder in ("knn", "recon", "captions", "perturb", "align"):
+    for folder in ("knn", "recon", "captions", "perturb", "kernel_align", "align"):
         for p in (results / folder).rglob("*"):
             if p.is_file() and p.suffix in (".csv", ".json") and p.name != "manifest.json":
                 found.append(p)
@@ -114,3 +116,12 @@ def align_table(results: Path, stage: str, name: str) -> pd.DataFrame:
     from src.data.paths import align_table as path
 
     return _read(path(align_results_dir(results) / stage, name), f"src.eval.align_{stage}")
+
+
+def kernel_align_table(results: Path, name: str) -> pd.DataFrame:
+    """train_kernel_align's tables (history, fit, params, heldout) or compare_connectors'
+    (connectors) under results/kernel_align."""
+    stage = (
+        "src.eval.compare_connectors" if name == "connectors" else "src.train.train_kernel_align"
+    )
+    return _read(kernel_table(kernel_results_dir(results), name), stage)
