@@ -96,6 +96,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=6,
         help="--recon_epochs for every model after the first in --models",
     )
+    p.add_argument(
+        "--align_n",
+        type=int,
+        default=40,
+        help="alignment suite: images per data type (first N of each --align_shards)",
+    )
+    p.add_argument(
+        "--align_shards",
+        default="charts,documents,photos,tables,synth_00",
+        help="alignment suite: the sample shards it reads (one per data type)",
+    )
     p.add_argument("--kernel_n", type=int, default=128, help="kernel alignment: train images")
     p.add_argument("--kernel_steps", type=int, default=60, help="kernel alignment: steps")
     p.add_argument("--device", default="auto")
@@ -122,6 +133,35 @@ def flags(**kw: object) -> list[str]:
         else:
             out += [f"--{k}"] if v is True else [f"--{k}", str(v)]
     return out
+
+
+def align_suite_steps(args: argparse.Namespace) -> list[Step]:
+    """Seed A's suite on the offline encoders (EfficientNet-Lite0, CRAFT, mini's E_pre / E_post)
+    and text models (SmolLM2, Gemma 3 270M at two layers; MiniLM) over --align_n images per data
+    type: caption embeddings and CRAFT on that subset, then CKA, CORAL, EAS / ELAS and e2e."""
+    from src.align.commands import Plan, eval_steps, text_steps, vision_steps
+
+    data, shards = args.data, args.align_shards.split(",")
+    plan = Plan(data / "sample", data / "align", args.results / "align", shards, args.align_n,
+                args.device, args.no_progress, [-6, -1])  # fmt: skip
+    craft, craft_specs = vision_steps(plan, ["craft-vgg16"])
+    texts, text_specs = text_steps(plan, ["smollm2", "gemma3-270m", "minilm"])
+    vec = data / "vector" / "mini"
+    vision = [
+        f"mini.pre:pre:{vec}",
+        f"mini.post:post:{vec}",
+        f"efficientnet-lite0:ref:{data / 'clip_ref' / 'efficientnet-lite0'}",
+        *craft_specs,
+    ]
+    # sized for the main job's budget (~70 s on 2 idle cores); the CLI's defaults are larger
+    extra = {
+        "align_compare": {"bootstrap": 100, "permutations": 100},
+        "align_coral": {"permutations": 50},
+        "align_scores": {"bootstrap": 100, "permutations": 30},
+        "align_e2e": {"projectors": "linear,mlp", "steps": 100},
+    }
+    stages = ["align_compare", "align_coral", "align_scores", "align_e2e"]
+    return craft + texts + eval_steps(plan, stages, vision, text_specs, extra)  # fmt: skip
 
 
 KERNEL_CONNECTORS = Path(__file__).resolve().parents[1] / "sample" / "kernel_connectors"
@@ -248,6 +288,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
                         skip_existing=True, **nll)))  # fmt: skip
     steps += kernel_steps(args)
     steps += sae_steps(args)
+    steps += align_suite_steps(args)
     steps.append(("figures and report", report.main,
                   flags(results=args.results, figures=args.figures, out=args.results,
                         skip_existing=True)))  # fmt: skip

@@ -44,6 +44,8 @@ def small_study(root) -> list[str]:
         "3",
         "--perturb_n",
         "2",
+        "--align_n",
+        "6",
         "--no_progress",
     ]
 

@@ -8,8 +8,8 @@ from typing import Literal
 
 from src.errors import InputMissing, UserError
 
-ChunkKind = Literal["pre", "post", "ref"]
-_CHUNK_RE = re.compile(r"^(pre|post|ref)_vectors_(\d+)\.pt$")
+ChunkKind = Literal["pre", "post", "ref", "text"]
+_CHUNK_RE = re.compile(r"^(pre|post|ref|text)_vectors_(\d+)\.pt$")
 
 
 def vector_shard_dir(out_dir: Path, model: str, shard: str) -> Path:
@@ -25,6 +25,12 @@ def vector_dir(out_dir: Path, model: str) -> Path:
 def reference_shard_dir(out_dir: Path, shard: str) -> Path:
     """data/clip_ref/<shard>: one reference encoder's embeddings for one image shard."""
     return Path(out_dir) / shard
+
+
+def text_layer_dir(out_dir: Path, pool: str, layer: int) -> Path:
+    """data/text/<model>/<pool>_L<layer>: extract_text's caption embeddings at one hidden-state
+    index as given (-1 = the last), a folder per image shard holding text_vectors_<i>.pt."""
+    return Path(out_dir) / f"{pool}_L{layer}"
 
 
 def chunk_path(shard_dir: Path, kind: ChunkKind, index: int) -> Path:
@@ -184,6 +190,16 @@ def imported_files(shard_dir: Path, row: int) -> tuple[Path, Path]:
     so a key names the dataset row it came from whatever the shard size."""
     stem = Path(shard_dir) / f"row_{row:09d}"
     return stem.with_suffix(".jpg"), stem.with_suffix(".txt")
+
+
+def align_results_dir(results: Path) -> Path:
+    """results/align: the alignment suite's tables (seed A; src/eval/align_*)."""
+    return Path(results) / "align"
+
+
+def align_table(out_dir: Path, table: str) -> Path:
+    """<out_dir>/<table>.csv: one of the alignment suite's tables (cka, coral, scores, ...)."""
+    return Path(out_dir) / f"{table}.csv"
 
 
 def kernel_feature_dir(work_dir: Path, role: str, tag: str, shard: str) -> Path:

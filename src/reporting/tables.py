@@ -96,7 +96,7 @@ def input_tables(results: Path) -> list[Path]:
     tells whether a finished report is still up to date."""
     results = Path(results)
     found = []
-    for folder in ("knn", "recon", "captions", "perturb", "kernel_align", "sae"):
+    for folder in ("knn", "recon", "captions", "perturb", "kernel_align", "sae", "align"):
         for p in (results / folder).rglob("*"):
             if p.is_file() and p.suffix in (".csv", ".json") and p.name != "manifest.json":
                 found.append(p)
@@ -109,6 +109,15 @@ def perturb_modes(results: Path) -> list[str]:
         return sorted(perturb_summary(results)["mode"].unique())
     except MissingResults:
         return []
+
+
+def align_table(results: Path, stage: str, name: str) -> pd.DataFrame:
+    """One of the alignment suite's tables: results/align/<stage>/<name>.csv (stage = compare,
+    coral, scores, e2e)."""
+    from src.data.paths import align_results_dir
+    from src.data.paths import align_table as path
+
+    return _read(path(align_results_dir(results) / stage, name), f"src.eval.align_{stage}")
 
 
 def kernel_align_table(results: Path, name: str) -> pd.DataFrame:
