@@ -184,3 +184,28 @@ def imported_files(shard_dir: Path, row: int) -> tuple[Path, Path]:
     so a key names the dataset row it came from whatever the shard size."""
     stem = Path(shard_dir) / f"row_{row:09d}"
     return stem.with_suffix(".jpg"), stem.with_suffix(".txt")
+
+
+def align_results_dir(results: Path) -> Path:
+    """results/align: the alignment suite's tables (seed A; src/eval/align_*)."""
+    return Path(results) / "align"
+
+
+def align_table(out_dir: Path, table: str) -> Path:
+    """<out_dir>/<table>.csv: one of the alignment suite's tables (cka, coral, scores, ...)."""
+    return Path(out_dir) / f"{table}.csv"
+
+
+def align_speed_dir(results: Path) -> Path:
+    """results/align/speed: align_speed's tables (speed.csv, speed_runs.csv)."""
+    return align_results_dir(results) / "speed"
+
+
+def embedding_maps_dir(results: Path) -> Path:
+    """results/align/embedding_maps: embedding_maps' tables (coords, procrustes, rsa, rdm)."""
+    return align_results_dir(results) / "embedding_maps"
+
+
+def attention_maps_dir(results: Path) -> Path:
+    """results/align/attention_maps: attention_maps' tables (patch similarities) and overlays."""
+    return align_results_dir(results) / "attention_maps"
