@@ -15,7 +15,9 @@ from pathlib import Path
 
 from src.data.io import read_manifest
 from src.data.paths import (
+    align_speed_dir,
     captions_results_dir,
+    embedding_maps_dir,
     knn_results_dir,
     list_vector_shards,
     perturb_results_dir,
@@ -23,10 +25,17 @@ from src.data.paths import (
     report_path,
     vector_shard_dir,
 )
-from src.eval import eval_captions, eval_perturb, eval_recon, score_captions, score_perturb
+from src.eval import (
+    align_speed,
+    eval_captions,
+    eval_perturb,
+    eval_recon,
+    score_captions,
+    score_perturb,
+)
 from src.extract import extract_clip, extract_knn, extract_vectors, make_sample
 from src.models.towers import remember_pooled_features
-from src.plot import report
+from src.plot import embedding_maps, report
 from src.train import export_recon, train_recon
 
 Step = tuple[str, Callable[[list[str]], int], list[str]]
@@ -57,6 +66,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--num_workers", type=int, help="decode workers (default: automatic)")
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--align_n_samples", type=int, default=20,
+                   help="embedding maps: images per data type")  # fmt: skip
+    p.add_argument("--align_batch_sizes", type=int, nargs="+", default=[1, 4],
+                   help="speed benchmark batch sizes")  # fmt: skip
     return p
 
 
@@ -72,6 +85,26 @@ def flags(**kw: object) -> list[str]:
         else:
             out += [f"--{k}"] if v is True else [f"--{k}", str(v)]
     return out
+
+
+def align_maps_steps(args: argparse.Namespace) -> list[Step]:
+    """Seed A's speed benchmark (offline encoders, LLMs, mini's connector) and embedding maps
+    (EfficientNet-Lite0, each model's E_post and the MiniLM caption space; t-SNE only: UMAP's
+    first import compiles for tens of seconds). Attention maps are not planned: they need a
+    joint image-text space, and none is installed offline until train_align lands."""
+    spaces = [f"efficientnet-lite0={args.data / 'clip_ref' / 'efficientnet-lite0'}"]
+    spaces += [f"E_post {m}={args.data / 'vector' / m}:post" for m in args.models.split(",")]
+    spaces += [f"minilm={args.data / 'clip_ref' / 'minilm'}"]
+    return [
+        ("alignment speed", align_speed.main,
+         flags(out_dir=align_speed_dir(args.results), batch_sizes=args.align_batch_sizes,
+               warmup=1, iters=3, device=args.device, skip_existing=True)),
+        ("embedding maps", embedding_maps.main,
+         [a for s in spaces for a in ("--space", s)]
+         + flags(root=args.data / "sample", out_dir=embedding_maps_dir(args.results),
+                 n_samples=args.align_n_samples, method="tsne", bootstrap=200,
+                 permutations=100, skip_existing=True)),
+    ]  # fmt: skip
 
 
 def plan(args: argparse.Namespace) -> list[Step]:
@@ -139,6 +172,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
     steps.append(("score perturbations", score_perturb.main,
                   flags(perturb_dir=perturbed, out_dir=perturb_results_dir(args.results),
                         skip_existing=True, **nll)))  # fmt: skip
+    steps += align_maps_steps(args)
     steps.append(("figures and report", report.main,
                   flags(results=args.results, figures=args.figures, out=args.results,
                         skip_existing=True)))  # fmt: skip

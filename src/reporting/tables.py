@@ -11,7 +11,10 @@ from pathlib import Path
 import pandas as pd
 
 from src.data.paths import (
+    align_speed_dir,
+    align_table,
     captions_results_dir,
+    embedding_maps_dir,
     knn_results_dir,
     perturb_results_dir,
     recon_results_dir,
@@ -87,12 +90,22 @@ def perturb_rows(results: Path, model: str, mode: str) -> pd.DataFrame:
     return pd.concat([_read(p, "src.eval.score_perturb") for p in shards], ignore_index=True)
 
 
+def align_speed_table(results: Path) -> pd.DataFrame:
+    """align_speed's summary: a row per component, name and batch size."""
+    return _read(align_table(align_speed_dir(results), "speed"), "src.eval.align_speed")
+
+
+def embedding_maps_table(results: Path, name: str) -> pd.DataFrame:
+    """One of embedding_maps' tables: coords, procrustes, rsa, rdm."""
+    return _read(align_table(embedding_maps_dir(results), name), "src.plot.embedding_maps")
+
+
 def input_tables(results: Path) -> list[Path]:
     """Every table the figures and the summary may read (manifests aside): their fingerprint
     tells whether a finished report is still up to date."""
     results = Path(results)
     found = []
-    for folder in ("knn", "recon", "captions", "perturb"):
+    for folder in ("knn", "recon", "captions", "perturb", "align"):
         for p in (results / folder).rglob("*"):
             if p.is_file() and p.suffix in (".csv", ".json") and p.name != "manifest.json":
                 found.append(p)
