@@ -35,15 +35,16 @@ from src.data.images import list_images, load_image, select_shards
 from src.data.io import atomic_write, write_manifest
 from src.data.paths import align_speed_dir, align_table
 from src.errors import UserError
-from src.models.connector import ConnectorConfig, load_connector
 from src.models.craft import CRAFT
-from src.models.mini import DEFAULT_CONNECTOR_DIR, build_vision
-from src.models.towers import EFFICIENTNET, GEMMA3, SMOLLM2, load_causal_lm, suspend_pooled_features
+from src.models.towers import EFFICIENTNET, GEMMA3, SMOLLM2, suspend_pooled_features
 from src.runtime import add_runtime_args, resolve_device, resolve_dtype
 from src.speed import measure, weights_bytes
 from src.stage import Stage
 
 CPU = torch.device("cpu")
+# mini's connector folder (src.models.mini.DEFAULT_CONNECTOR_DIR; not imported: the plan is
+# read without model code)
+MINI_CONNECTOR = Path(__file__).resolve().parents[1] / "models" / "weights" / "mini"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -59,7 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--llms", nargs="*", default=[SMOLLM2, GEMMA3],
                    help="offline LMs (smollm2-135m-instruct, gemma3-270m) or causal LM "
                    "ids")  # fmt: skip
-    p.add_argument("--projectors", nargs="*", type=Path, default=[DEFAULT_CONNECTOR_DIR],
+    p.add_argument("--projectors", nargs="*", type=Path, default=[MINI_CONNECTOR],
                    help="connector folders (default: mini's)")  # fmt: skip
     p.add_argument("--batch_sizes", "--batch-sizes", nargs="+", type=int, default=[1, 4])
     p.add_argument(
@@ -105,6 +106,9 @@ def sample_images(root: Path | None, n: int) -> list[Image.Image]:
 
 
 def encoder_benches(name: str, args: argparse.Namespace, device, dtype, images) -> list[Bench]:
+    from src.models.connector import ConnectorConfig
+    from src.models.mini import build_vision
+
     t0 = time.perf_counter()
     spec = ConnectorConfig(vision=name, grid=args.grid, in_dim=0, out_dim=0, hidden_dim=0)
     tower, transform = build_vision(spec, trust_remote_code=args.trust_remote_code)
@@ -123,6 +127,8 @@ def encoder_benches(name: str, args: argparse.Namespace, device, dtype, images) 
 
 
 def llm_bench(name: str, args: argparse.Namespace, device, dtype) -> Bench:
+    from src.models.towers import load_causal_lm
+
     t0 = time.perf_counter()
     lm, _ = load_causal_lm(name, device, dtype, trust_remote_code=args.trust_remote_code)
     load_s = time.perf_counter() - t0
@@ -138,6 +144,8 @@ def llm_bench(name: str, args: argparse.Namespace, device, dtype) -> Bench:
 
 
 def projector_bench(folder: Path, device, dtype) -> Bench:
+    from src.models.connector import load_connector
+
     t0 = time.perf_counter()
     conn = load_connector(folder).to(device, dtype).eval()
     load_s, cfg = time.perf_counter() - t0, conn.config
