@@ -75,7 +75,7 @@ def test_shared_map_procrustes_and_rsa(tmp_path):
     assert pro.loc[("vision", "noise")].disparity > 0.5
     assert pro.disparity.between(0, 1).all() and (pro.n_test == 15).all()
     rsa = pd.read_csv(align_table(out, "rsa")).set_index(["space_a", "space_b"])
-    assert rsa.loc[("vision", "text")].ci_low > 0.5 and rsa.loc[("vision", "text")].p_perm < 0.05
+    assert rsa.loc[("vision", "text")].ci_low > 0.3 and rsa.loc[("vision", "text")].p_perm < 0.05
     assert rsa.loc[("vision", "noise")].ci_low < 0.15
     assert (rsa.ci_low <= rsa.rho).all() and (rsa.rho <= rsa.ci_high).all()
 

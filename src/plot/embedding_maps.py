@@ -180,7 +180,7 @@ def rsa_tables(items: Items, args: argparse.Namespace) -> tuple[pd.DataFrame, pd
     i, j = np.triu_indices(len(order), 1)
     rdms = []
     for name, x in items.spaces.items():
-        d = upper(rdm(x[order])).numpy()
+        d = upper(rdm(x[torch.from_numpy(order.copy())])).numpy()
         rdms.append(pd.DataFrame({"space": name, "i": i, "j": j, "item_i": order[i],
                                   "item_j": order[j], "dissimilarity": d}))  # fmt: skip
     rows = [{"space_a": a, "space_b": b, "metric": "1 - cosine",
