@@ -20,18 +20,18 @@ def speed_dashboard_plot(results: Path) -> Plot:
     t = tables.align_speed_table(results)
     fig = _new_figure(1, 3, width=4.6, height=3.8)
     axes = fig.subplots(1, 3)
-    panels = [("latency_ms_p50", "latency per batch (ms), p50; bar to p95", True),
+    panels = [("latency_ms_p50", "latency per batch (ms): p50, bar to p95", True),
               ("throughput_per_s", "throughput (items / s at p50)", True),
               ("peak_mem_net_mb", "peak memory net of weights (MiB)", False)]  # fmt: skip
     groups = list(t.groupby(["component", "name"], sort=True))
     for ax, (col, label, log) in zip(axes, panels, strict=True):
         for i, ((comp, name), g) in enumerate(groups):
             g = g.sort_values("batch_size")
-            kw = dict(color=COLOURS[i % len(COLOURS)], marker="o", label=f"{comp}: {name}")
+            colour, label_ = COLOURS[i % len(COLOURS)], f"{comp}: {name}"
             if col == "latency_ms_p50":
-                _errorbar(ax, g.batch_size, g[col], g[col], g.latency_ms_p95, **kw)
+                _errorbar(ax, g.batch_size, g[col], g[col], g.latency_ms_p95, label_, color=colour)
             else:
-                ax.plot(g.batch_size, g[col], **kw)
+                ax.plot(g.batch_size, g[col], color=colour, marker="o", label=label_)
         ax.set(xlabel="batch size", ylabel=label, xscale="log", yscale="log" if log else "linear")
         ax.set_xticks(
             sorted(t.batch_size.unique()), [str(b) for b in sorted(t.batch_size.unique())]
