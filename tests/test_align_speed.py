@@ -85,3 +85,10 @@ def test_stage_writes_a_row_per_component_and_batch_size(tmp_path, capsys):
     assert (out / "manifest.json").exists()
     assert "speed.csv" in capsys.readouterr().out
     assert align_speed.main([*argv, "--warmup", "0"]) == 2
+
+    from src.reporting.align_maps_figures import speed_dashboard_plot
+
+    (tmp_path / "results" / "align").mkdir(parents=True)
+    (tmp_path / "results" / "align" / "speed").symlink_to(out)
+    plot = speed_dashboard_plot(tmp_path / "results")
+    assert plot.data.latency_ms_p50.tolist() == pytest.approx(table.latency_ms_p50.tolist())
