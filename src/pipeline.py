@@ -15,7 +15,9 @@ from pathlib import Path
 
 from src.data.io import read_manifest
 from src.data.paths import (
+    align_speed_dir,
     captions_results_dir,
+    embedding_maps_dir,
     kernel_results_dir,
     knn_results_dir,
     list_vector_shards,
@@ -25,6 +27,7 @@ from src.data.paths import (
     vector_shard_dir,
 )
 from src.eval import (
+    align_speed,
     compare_connectors,
     eval_captions,
     eval_perturb,
@@ -37,7 +40,7 @@ from src.eval import (
 from src.extract import cache_activations, extract_clip, extract_knn, extract_vectors, make_sample
 from src.models.reference import preferred_dtype
 from src.models.towers import remember_pooled_features
-from src.plot import report
+from src.plot import embedding_maps, report
 from src.runtime import csv_list
 from src.train import export_recon, train_kernel_align, train_recon, train_sae
 
@@ -118,6 +121,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sae_images", type=int, default=64, help="held-out images measured")
     p.add_argument("--sae_texts", type=int, default=128, help="captions the SAEs train on")
     p.add_argument("--sae_nll_images", type=int, default=16, help="images for the delta-NLL")
+    p.add_argument("--align_n_samples", type=int, default=20,
+                   help="embedding maps: images per data type")  # fmt: skip
+    p.add_argument("--align_batch_sizes", type=int, nargs="+", default=[1, 4],
+                   help="speed benchmark batch sizes")  # fmt: skip
     return p
 
 
@@ -162,6 +169,26 @@ def align_suite_steps(args: argparse.Namespace) -> list[Step]:
     }
     stages = ["align_compare", "align_coral", "align_scores", "align_e2e"]
     return craft + texts + eval_steps(plan, stages, vision, text_specs, extra)  # fmt: skip
+
+
+def align_maps_steps(args: argparse.Namespace) -> list[Step]:
+    """Seed A's speed benchmark (offline encoders, LLMs, mini's connector) and embedding maps
+    (EfficientNet-Lite0, each model's E_post and the MiniLM caption space; t-SNE only: UMAP's
+    first import compiles for tens of seconds). Attention maps are not planned: they need a
+    joint image-text space, and none is installed offline until train_align lands."""
+    spaces = [f"efficientnet-lite0={args.data / 'clip_ref' / 'efficientnet-lite0'}"]
+    spaces += [f"E_post {m}={args.data / 'vector' / m}:post" for m in args.models.split(",")]
+    spaces += [f"minilm={args.data / 'clip_ref' / 'minilm'}"]
+    return [
+        ("alignment speed", align_speed.main,
+         flags(out_dir=align_speed_dir(args.results), batch_sizes=args.align_batch_sizes,
+               warmup=1, iters=3, device=args.device, skip_existing=True)),
+        ("embedding maps", embedding_maps.main,
+         [a for s in spaces for a in ("--space", s)]
+         + flags(root=args.data / "sample", out_dir=embedding_maps_dir(args.results),
+                 n_samples=args.align_n_samples, method="tsne", bootstrap=200,
+                 permutations=100, skip_existing=True)),
+    ]  # fmt: skip
 
 
 KERNEL_CONNECTORS = Path(__file__).resolve().parents[1] / "sample" / "kernel_connectors"
@@ -286,6 +313,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
     steps.append(("score perturbations", score_perturb.main,
                   flags(perturb_dir=perturbed, out_dir=perturb_results_dir(args.results),
                         skip_existing=True, **nll)))  # fmt: skip
+    steps += align_maps_steps(args)
     steps += kernel_steps(args)
     steps += sae_steps(args)
     steps += align_suite_steps(args)

@@ -202,6 +202,21 @@ def align_table(out_dir: Path, table: str) -> Path:
     return Path(out_dir) / f"{table}.csv"
 
 
+def align_speed_dir(results: Path) -> Path:
+    """results/align/speed: align_speed's tables (speed.csv, speed_runs.csv)."""
+    return align_results_dir(results) / "speed"
+
+
+def embedding_maps_dir(results: Path) -> Path:
+    """results/align/embedding_maps: embedding_maps' tables (coords, procrustes, rsa, rdm)."""
+    return align_results_dir(results) / "embedding_maps"
+
+
+def attention_maps_dir(results: Path) -> Path:
+    """results/align/attention_maps: attention_maps' tables (patch similarities) and overlays."""
+    return align_results_dir(results) / "attention_maps"
+
+
 def kernel_feature_dir(work_dir: Path, role: str, tag: str, shard: str) -> Path:
     """<work_dir>/features/<role>_<tag>/<shard>: train_kernel_align's cached student prefix
     inputs (role 'student') or teacher pooled features (role 'teacher') of one shard."""

@@ -1,4 +1,4 @@
-"""Stage: reference embeddings per image (CLIP / SigLIP / DINOv2 by id, or offline references)."""
+"""Stage: reference embeddings per image (a hub image encoder by id, or offline references)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         description=(
             "Reference embeddings, one vector per image, into "
             "<out_dir>/<shard>/ref_vectors_<i>.pt plus manifest.json. --model_id takes a CLIP, "
-            f"SigLIP or DINOv2 hub id or local path, or an offline reference: "
+            "SigLIP, DINOv2, InternViT (--trust_remote_code) or PaliGemma hub id or local path "
+            "(one --dtype for all), or an offline reference: "
             f"{', '.join(OFFLINE_REFERENCES)} (minilm embeds the caption, not the pixels)."
         ),
     )
@@ -36,8 +37,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--pool",
         choices=["cls", "mean"],
         default="cls",
-        help="cls: the model's own image embedding (CLIP/SigLIP projected, DINOv2 CLS); "
-        "mean: mean of last-layer patch tokens",
+        help="cls: the model's own image embedding (CLIP: projected CLS; SigLIP: its "
+        "attention-pooling head; DINOv2, InternViT: CLS; PaliGemma's tower has none: the mean "
+        "of patch tokens, recorded as such); mean: mean of last-layer patch tokens",
     )
     p.add_argument("--shards", type=csv_list, help="only these shards (comma-separated)")
     p.add_argument(
@@ -56,7 +58,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip_existing", action="store_true", help="resume; keep finished work")
     p.add_argument("--min_image_side", type=int, default=DEFAULT_MIN_SIDE)
     p.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS)
-    p.add_argument("--trust_remote_code", action="store_true")
+    p.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="run modelling code from the checkpoint (InternViT needs it; read the code first)",
+    )
     p.add_argument("--no_progress", action="store_true")
     return p
 

@@ -1,11 +1,14 @@
-"""Reference encoders: one pooled vector per image from CLIP / SigLIP / DINOv2 or offline parts.
+"""Reference encoders: one pooled vector per image from a hub image encoder or offline parts.
 
-Registry: the offline names below, or any hub id / local path of a CLIP, SigLIP or DINOv2 model.
+Registry: the offline names below (OFFLINE_REFERENCES), or any hub id / local path of a model
+whose family VISION_FAMILIES knows (CLIP, SigLIP, DINOv2, InternViT, PaliGemma's SigLIP tower).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -13,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from src.data.images import LoadedImage
+from src.errors import UserError
 from src.models.craft import CRAFT, CraftTokens, ImageNetSquareResize
 from src.models.towers import EfficientNetTokens, SquareResize, minilm_dir
 
@@ -168,12 +172,102 @@ class MiniLMCaptionReference(ReferenceEncoder):
         return out
 
 
-class HFReference(ReferenceEncoder):
-    """CLIP / SigLIP image embeddings or DINOv2 features from a hub id or local path.
+@dataclass(frozen=True)
+class VisionFamily:
+    """How one hub model family gives an image vector, looked up by its config's model_type.
 
-    pool='cls': the model's own image embedding (CLIP / SigLIP: the projected pooled output that
-    get_image_features returns; DINOv2: the final CLS token after its layer norm).
-    pool='mean': the mean of the last layer's patch tokens (class token excluded).
+    tower(model)      the image transformer whose last_hidden_state holds the tokens
+    embed(model, px)  the model's own image embedding (B, D), or None where it has none
+    embed_name        what that embedding is, recorded in manifests
+    class_token       True when token 0 is a class token (excluded from the patch mean)
+    embed_dim(config) the width of the own embedding (CLIP: projection_dim, not hidden_size)
+    """
+
+    tower: Callable[[Any], Any]
+    embed: Callable[[Any, torch.Tensor], torch.Tensor] | None
+    embed_name: str
+    class_token: bool
+    embed_dim: Callable[[Any], int]
+    loader: str = "AutoModel"  # the transformers class that loads the checkpoint
+    remote_code: bool = False  # the family's modelling code lives in the checkpoint
+
+
+def _pooler(out: Any) -> torch.Tensor:
+    # transformers 5.x returns an output object; the vector is its pooler_output
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _vision_width(config: Any) -> int:
+    return getattr(config, "vision_config", config).hidden_size
+
+
+_SIGLIP_HEAD = VisionFamily(
+    tower=lambda m: getattr(m, "vision_model", m),
+    embed=lambda m, px: _pooler(getattr(m, "vision_model", m)(pixel_values=px)),
+    embed_name="attention-pooling head (pooler_output)",
+    class_token=False,
+    embed_dim=_vision_width,
+)
+VISION_FAMILIES: dict[str, VisionFamily] = {
+    "clip": VisionFamily(
+        tower=lambda m: m.vision_model,
+        embed=lambda m, px: _pooler(m.get_image_features(pixel_values=px)),
+        embed_name="visual_projection(post_layernorm(CLS))",
+        class_token=True,
+        embed_dim=lambda c: c.projection_dim,
+    ),
+    "siglip": _SIGLIP_HEAD,
+    "siglip2": _SIGLIP_HEAD,
+    "siglip_vision_model": _SIGLIP_HEAD,
+    "dinov2": VisionFamily(
+        tower=lambda m: m,
+        embed=lambda m, px: m(pixel_values=px).pooler_output,
+        embed_name="layernorm(CLS)",
+        class_token=True,
+        embed_dim=_vision_width,
+    ),
+    # PaliGemma's SigLIP tower was trained without SigLIP's head (vision_use_head=False): it has
+    # no pooled embedding and no class token, so its image vector is the mean of patch tokens.
+    "paligemma": VisionFamily(
+        tower=lambda m: m.model.vision_tower,
+        embed=None,
+        embed_name="",
+        class_token=False,
+        embed_dim=_vision_width,
+        loader="PaliGemmaForConditionalGeneration",
+    ),
+    # InternViT (OpenGVLab/InternViT-300M-448px): modelling code from the checkpoint; token 0
+    # is its class token and pooler_output is that token.
+    "intern_vit_6b": VisionFamily(
+        tower=lambda m: m,
+        embed=lambda m, px: m(pixel_values=px).pooler_output,
+        embed_name="CLS (pooler_output)",
+        class_token=True,
+        embed_dim=_vision_width,
+        remote_code=True,
+    ),
+}
+
+
+def vision_family(model_type: str, model_id: str) -> VisionFamily:
+    try:
+        return VISION_FAMILIES[model_type]
+    except KeyError:
+        raise UserError(
+            f"{model_id}: model_type {model_type!r} is not a known reference encoder family "
+            f"({', '.join(sorted(VISION_FAMILIES))})"
+        ) from None
+
+
+class HFReference(ReferenceEncoder):
+    """A hub image encoder (CLIP, SigLIP, DINOv2, InternViT, PaliGemma's tower) by id or path.
+
+    pool='cls': the model's own image embedding (VISION_FAMILIES[...].embed_name: CLIP's
+    projected CLS, SigLIP's attention-pooling head, DINOv2's CLS, InternViT's CLS); a tower
+    without one (PaliGemma's) gives the mean of its patch tokens, recorded as 'patch_mean'.
+    pool='mean': the mean of the last layer's patch tokens (a class token excluded; SigLIP-family
+    towers have none, so every token counts; token 0 is never taken as a class token there).
+    Every family loads in the one dtype asked for.
     """
 
     def __init__(
@@ -187,14 +281,22 @@ class HFReference(ReferenceEncoder):
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__(device, dtype, pool)
-        from transformers import AutoImageProcessor, AutoModel
+        import transformers
+        from transformers import AutoConfig, AutoImageProcessor
 
         self.name = model_id
         kw = {"revision": revision, "trust_remote_code": trust_remote_code}
-        self.model = AutoModel.from_pretrained(model_id, dtype=dtype, **kw).to(device).eval()
+        config = _hub_config(AutoConfig, model_id, kw)
+        self.family = vision_family(config.model_type, model_id)
+        if self.family.remote_code and not trust_remote_code:
+            raise UserError(
+                f"{model_id} ({config.model_type}) runs modelling code from its checkpoint: "
+                "read it, then pass --trust_remote_code"
+            )
+        cls = getattr(transformers, self.family.loader)
+        self.model = cls.from_pretrained(model_id, dtype=dtype, **kw).to(device).eval()
         self.processor = AutoImageProcessor.from_pretrained(model_id, **kw)
-        # Dual encoders (CLIP, SigLIP) expose get_image_features; DINOv2 is the image tower.
-        self.dual = hasattr(self.model, "get_image_features")
+        self.pooling = "patch_mean" if pool == "mean" or self.family.embed is None else "embed"
 
     @property
     def preprocessor(self) -> Any:
@@ -203,22 +305,37 @@ class HFReference(ReferenceEncoder):
     @torch.no_grad()
     def encode(self, inputs: dict[str, Any], items: list[LoadedImage]) -> torch.Tensor:
         pixels = inputs["pixel_values"].to(self.device, self.dtype)
-        if self.dual and self.pool == "cls":
-            out = self.model.get_image_features(pixel_values=pixels)
-            # transformers 5.x returns an output object; the projected vector is pooler_output.
-            feats = out if isinstance(out, torch.Tensor) else out.pooler_output
-            return feats.float()
-        tower = self.model.vision_model if self.dual else self.model
-        hidden = tower(pixel_values=pixels)
-        if self.pool == "cls":
-            return hidden.pooler_output.float()
-        tokens = hidden.last_hidden_state.float()
-        # CLIP and DINOv2 put a class token first; SigLIP has none.
-        has_cls = self.model.config.model_type not in ("siglip", "siglip2", "siglip_vision_model")
-        return (tokens[:, 1:] if has_cls else tokens).mean(1)
+        if self.pooling == "embed":
+            assert self.family.embed is not None
+            return self.family.embed(self.model, pixels).float()
+        tokens = self.family.tower(self.model)(pixel_values=pixels).last_hidden_state.float()
+        return (tokens[:, 1:] if self.family.class_token else tokens).mean(1)
+
+    @property
+    def dim(self) -> int:
+        if self.pooling == "embed":
+            return self.family.embed_dim(self.model.config)
+        return _vision_width(self.family.tower(self.model).config)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "model_type": self.model.config.model_type}
+        how = self.family.embed_name if self.pooling == "embed" else "mean of patch tokens"
+        if self.pooling == "patch_mean" and self.family.class_token:
+            how += " (class token excluded)"
+        return {**super().describe(), "model_type": self.model.config.model_type,
+                "pooling": self.pooling, "pooling_detail": how, "dim": self.dim}  # fmt: skip
+
+
+def _hub_config(auto_config: Any, model_id: str, kw: dict[str, Any]) -> Any:
+    """The checkpoint's config; one whose code lives in the checkpoint needs the user's flag."""
+    try:
+        return auto_config.from_pretrained(model_id, **kw)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise UserError(
+                f"{model_id} runs modelling code from its checkpoint: read it, then pass "
+                "--trust_remote_code"
+            ) from None
+        raise
 
 
 class HFProcessorImages:
@@ -254,7 +371,7 @@ def load_reference(
     revision: str | None = None,
     trust_remote_code: bool = False,
 ) -> ReferenceEncoder:
-    """An offline reference by name, else a CLIP / SigLIP / DINOv2 model by hub id or path."""
+    """An offline reference by name, else a hub image encoder (VISION_FAMILIES) by id or path."""
     if model_id in OFFLINE_REFERENCES:
         return OFFLINE_REFERENCES[model_id](device, dtype, pool)
     return HFReference(

@@ -109,6 +109,18 @@ def remember_pooled_features(max_images: int = 50_000) -> Iterator[None]:
         _POOLED = _TOKENS = None
 
 
+@contextlib.contextmanager
+def suspend_pooled_features() -> Iterator[None]:
+    """Within this block EfficientNet-Lite0 forwards neither record nor reuse pooled vectors
+    (a speed benchmark times the network, not the cache)."""
+    global _POOLED
+    saved, _POOLED = _POOLED, None
+    try:
+        yield
+    finally:
+        _POOLED = saved
+
+
 class EfficientNetTokens(torch.nn.Module):
     """EfficientNet-Lite0 (ImageNet) final feature map as a token grid.
 

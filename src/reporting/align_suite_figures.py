@@ -26,7 +26,7 @@ def _text_label(df: pd.DataFrame) -> pd.Series:
 def cka_matrix_plot(results: Path) -> Plot:
     """Encoders x text spaces, all images: each estimator's CKA with its 95% bootstrap CI, and
     the 95th percentile of its permutation null (what chance reaches at this n)."""
-    df = tables.align_table(results, "compare", "cka")
+    df = tables.align_stage_table(results, "compare", "cka")
     df = df[df["data_type"] == "all"].copy()
     df["text"] = _text_label(df)
     texts = list(dict.fromkeys(df["text"]))
@@ -69,7 +69,7 @@ def cka_matrix_plot(results: Path) -> Plot:
 
 def coral_plot(results: Path) -> Plot:
     """Our CORAL distance against its null, and the seed's similarity for the same pairs."""
-    df = tables.align_table(results, "coral", "coral")
+    df = tables.align_stage_table(results, "coral", "coral")
     df["pair"] = df["encoder"] + " x " + _text_label(df)
     pairs = list(dict.fromkeys(df["pair"]))
     ours = df[df.method == "coral"].set_index("pair").reindex(pairs)
@@ -103,7 +103,7 @@ def coral_plot(results: Path) -> Plot:
 
 def scores_plot(results: Path) -> Plot:
     """EAS and ELAS per pair: the seed's formulas and ours (held-out, 95% bootstrap CIs)."""
-    df = tables.align_table(results, "scores", "scores")
+    df = tables.align_stage_table(results, "scores", "scores")
     df["pair"] = df["encoder"] + " x " + _text_label(df)
     pairs = list(dict.fromkeys(df["pair"]))
     fig = _new_figure(1, 2, width=6.0, height=0.28 * len(pairs) + 2.5)
@@ -141,7 +141,7 @@ def scores_plot(results: Path) -> Plot:
 
 def retrieval_plot(results: Path) -> Plot:
     """R@1/5/10 and MRR, held-out vs in-sample, all images, first projector, with chance."""
-    df = tables.align_table(results, "e2e", "retrieval")
+    df = tables.align_stage_table(results, "e2e", "retrieval")
     proj = df["projector"].iloc[0]
     df = df[(df.data_type == "all") & (df.projector == proj)].copy()
     df["pair"] = df["encoder"] + " x " + _text_label(df)
@@ -196,10 +196,10 @@ def cka_retrieval_plot(results: Path) -> Plot:
     """Held-out unbiased CKA against retrieval above chance, every (encoder, LLM, layer, data
     type) point, with the Spearman rho, its bootstrap CI and permutation p-value."""
     try:
-        pts = tables.align_table(results, "e2e", "cka_points")
+        pts = tables.align_stage_table(results, "e2e", "cka_points")
     except pd.errors.EmptyDataError:  # written with no row: a run too small for points
         pts = pd.DataFrame()
-    corr = tables.align_table(results, "e2e", "correlation").set_index("cka")
+    corr = tables.align_stage_table(results, "e2e", "correlation").set_index("cka")
     if pts.empty or "cka_u" not in pts:
         raise tables.MissingResults("align_e2e found no data type with enough held-out images")
     fig = _new_figure(1, 1, width=6.0, height=4.6)

@@ -643,6 +643,7 @@ def all_plots(results: Path, models: list[str] | None = None) -> list[tuple[str,
     ]
     for mode in tables.perturb_modes(results):
         makers.append((f"perturb_{mode}", lambda mode=mode: perturb_plot(results, mode, models)))
+    makers += importlib.import_module("src.reporting.align_maps_figures").plots(results)
     makers += importlib.import_module("src.reporting.kernel_figures").kernel_plots(results)
     makers += importlib.import_module("src.reporting.sae_figures").makers(results, models)
     makers += importlib.import_module("src.reporting.align_suite_figures").align_plots(results)

@@ -11,7 +11,10 @@ from pathlib import Path
 import pandas as pd
 
 from src.data.paths import (
+    align_speed_dir,
+    align_table,
     captions_results_dir,
+    embedding_maps_dir,
     kernel_results_dir,
     kernel_table,
     knn_results_dir,
@@ -91,6 +94,16 @@ def perturb_rows(results: Path, model: str, mode: str) -> pd.DataFrame:
     return pd.concat([_read(p, "src.eval.score_perturb") for p in shards], ignore_index=True)
 
 
+def align_speed_table(results: Path) -> pd.DataFrame:
+    """align_speed's summary: a row per component, name and batch size."""
+    return _read(align_table(align_speed_dir(results), "speed"), "src.eval.align_speed")
+
+
+def embedding_maps_table(results: Path, name: str) -> pd.DataFrame:
+    """One of embedding_maps' tables: coords, procrustes, rsa, rdm."""
+    return _read(align_table(embedding_maps_dir(results), name), "src.plot.embedding_maps")
+
+
 def input_tables(results: Path) -> list[Path]:
     """Every table the figures and the summary may read (manifests aside): their fingerprint
     tells whether a finished report is still up to date."""
@@ -111,13 +124,12 @@ def perturb_modes(results: Path) -> list[str]:
         return []
 
 
-def align_table(results: Path, stage: str, name: str) -> pd.DataFrame:
+def align_stage_table(results: Path, stage: str, name: str) -> pd.DataFrame:
     """One of the alignment suite's tables: results/align/<stage>/<name>.csv (stage = compare,
     coral, scores, e2e)."""
     from src.data.paths import align_results_dir
-    from src.data.paths import align_table as path
 
-    return _read(path(align_results_dir(results) / stage, name), f"src.eval.align_{stage}")
+    return _read(align_table(align_results_dir(results) / stage, name), f"src.eval.align_{stage}")
 
 
 def kernel_align_table(results: Path, name: str) -> pd.DataFrame:
