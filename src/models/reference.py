@@ -6,6 +6,8 @@ Registry: the offline names below, or any hub id / local path of a CLIP, SigLIP 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -221,6 +223,23 @@ OFFLINE_REFERENCES: dict[str, type[ReferenceEncoder]] = {
 }
 
 
+def _dual_encoder_images(
+    folder: Path, device: torch.device, dtype: torch.dtype, pool: RefPool
+) -> ReferenceEncoder:
+    from src.models.dual_encoder import DualImageReference
+
+    return DualImageReference(folder, device, dtype, pool)
+
+
+# Folders holding a trained image encoder, by the file that marks them: marker -> loader. Any
+# other folder is a hub-format CLIP / SigLIP / DINOv2 save (HFReference).
+FOLDER_REFERENCES: dict[
+    str, Callable[[Path, torch.device, torch.dtype, RefPool], ReferenceEncoder]
+] = {
+    "dual_encoder.json": _dual_encoder_images,  # train_align: its image side, joint space
+}
+
+
 def load_reference(
     model_id: str,
     *,
@@ -230,9 +249,13 @@ def load_reference(
     revision: str | None = None,
     trust_remote_code: bool = False,
 ) -> ReferenceEncoder:
-    """An offline reference by name, else a CLIP / SigLIP / DINOv2 model by hub id or path."""
+    """An offline reference by name, a folder FOLDER_REFERENCES knows, else a CLIP / SigLIP /
+    DINOv2 model by hub id or path."""
     if model_id in OFFLINE_REFERENCES:
         return OFFLINE_REFERENCES[model_id](device, dtype, pool)
+    for marker, loader in FOLDER_REFERENCES.items():
+        if (Path(model_id) / marker).is_file():
+            return loader(Path(model_id), device, dtype, pool)
     return HFReference(
         model_id, device, dtype, pool, revision=revision, trust_remote_code=trust_remote_code
     )
