@@ -23,11 +23,18 @@ from src.data.paths import (
     report_path,
     vector_shard_dir,
 )
-from src.eval import eval_captions, eval_perturb, eval_recon, score_captions, score_perturb
+from src.eval import (
+    eval_captions,
+    eval_perturb,
+    eval_probe,
+    eval_recon,
+    score_captions,
+    score_perturb,
+)
 from src.extract import extract_clip, extract_knn, extract_vectors, make_sample
 from src.models.towers import remember_pooled_features
 from src.plot import report
-from src.train import export_recon, train_recon
+from src.train import export_recon, train_align, train_recon
 
 Step = tuple[str, Callable[[list[str]], int], list[str]]
 
@@ -53,6 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption_shard", default="synth_03", help="held-out shard to caption")
     p.add_argument("--caption_n", type=int, default=200, help="images captioned per variant")
     p.add_argument("--perturb_n", type=int, default=100, help="images per perturbation level")
+    p.add_argument("--align_epochs", type=int, default=30, help="train_align's epochs")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--num_workers", type=int, help="decode workers (default: automatic)")
@@ -72,6 +80,25 @@ def flags(**kw: object) -> list[str]:
         else:
             out += [f"--{k}"] if v is True else [f"--{k}", str(v)]
     return out
+
+
+def align_steps(args: argparse.Namespace) -> list[Step]:
+    """Seed E phase 1 on the offline default: a dual encoder (EfficientNet-Lite0 + MiniLM
+    adapters, on the pooled features the efficientnet-lite0 reference step cached) and
+    eval_probe of it (zero-shot, linear probe of the tower and of the joint space, retrieval)."""
+    name = "efficientnet-lite0_minilm"
+    images, dual = args.data / "sample", args.data / "align" / name
+    cache = args.data / "clip_ref" / "efficientnet-lite0"
+    common = dict(device=args.device, skip_existing=True, no_progress=args.no_progress)
+    return [
+        ("dual encoder (train_align)", train_align.main,
+         flags(root=images, name=name, out_dir=dual, results=args.results, vision_cache=cache,
+               epochs=args.align_epochs, **common)),
+        ("probe the dual encoder (eval_probe)", eval_probe.main,
+         flags(root=images, name=name, vision=f"efficientnet-lite0,{dual}", text=dual,
+               results=args.results, cache_dir=args.data / "probe_cache",
+               vision_cache=f"efficientnet-lite0={cache}", **common)),
+    ]  # fmt: skip
 
 
 def plan(args: argparse.Namespace) -> list[Step]:
@@ -139,6 +166,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
     steps.append(("score perturbations", score_perturb.main,
                   flags(perturb_dir=perturbed, out_dir=perturb_results_dir(args.results),
                         skip_existing=True, **nll)))  # fmt: skip
+    steps += align_steps(args)
     steps.append(("figures and report", report.main,
                   flags(results=args.results, figures=args.figures, out=args.results,
                         skip_existing=True)))  # fmt: skip

@@ -640,4 +640,7 @@ def all_plots(results: Path, models: list[str] | None = None) -> list[tuple[str,
     ]
     for mode in tables.perturb_modes(results):
         makers.append((f"perturb_{mode}", lambda mode=mode: perturb_plot(results, mode, models)))
+    from src.reporting.align_figures import align_plots  # (it imports this module)
+
+    makers += align_plots(results)
     return makers
