@@ -1,16 +1,17 @@
 """Fitting a dual encoder's adapters (seed E, phase 1): cached frozen features of both towers,
 MRL InfoNCE under accelerate, the checkpoint picked on a validation split, retrieval reported on
-a held-out test split. The stage src/train/train_align only parses flags and calls fit_align.
+a held-out test split. The stage src/train/train_align parses flags and calls build_pairs,
+train_adapters and write_outputs.
 
-Resumable: a checkpoint after every epoch holds the adapters, the optimizer, the best state so
-far and the history; batches, captions and dropout are functions of (seed, epoch), so a run
-killed after any epoch and resumed ends with the same weights as an uninterrupted one.
+Resumable: a checkpoint every --checkpoint_every epochs (and after the last) holds the adapters,
+the optimizer, the best state so far and the history; batches, captions and dropout are
+functions of (seed, epoch), so a run killed at any moment and resumed from its last checkpoint
+ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ class AlignTrain:
     seed: int = field(default=0, metadata={"help": "initialisation, batches, captions, dropout"})
     split_seed: int = field(default=0, metadata={"help": "the hash split of image keys"})
     n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples for the CIs"})
+    checkpoint_every: int = field(
+        default=5, metadata={"help": "epochs between checkpoints (and after the last one)"}
+    )
     stop_after: int | None = field(
         default=None, metadata={"help": "stop after this many epochs of this run (resume later)"}
     )
@@ -121,7 +125,11 @@ def _accelerator(device: str) -> Any:
 
 def _settings(cfg: AlignTrain, config: DualEncoderConfig) -> dict[str, Any]:
     """What a checkpoint must share with the run that resumes it."""
-    train = {k: v for k, v in asdict(cfg).items() if k not in ("stop_after", "fresh", "n_boot")}
+    train = {
+        k: v
+        for k, v in asdict(cfg).items()
+        if k not in ("stop_after", "fresh", "n_boot", "checkpoint_every")
+    }
     arch = {k: v for k, v in asdict(config).items() if k != "training"}
     return {"train": train, "arch": arch}
 
@@ -206,11 +214,15 @@ def train_adapters(
             best, best_epoch = score, epoch + 1
             best_state = {k: v.detach().clone() for k, v in bare.state_dict().items()}
         bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val=f"{score:.3f}")
-        inner = getattr(opt, "optimizer", opt)
-        save_torch_atomic(ckpt, {"adapters": bare.state_dict(), "optimizer": inner.state_dict(),
-                                 "epoch": epoch + 1, "history": history, "best": best,
-                                 "best_state": best_state, "best_epoch": best_epoch,
-                                 "settings": settings, "time": time.time()})  # fmt: skip
+        last = epoch + 1 == cfg.epochs or (
+            cfg.stop_after is not None and epoch + 1 - start >= cfg.stop_after
+        )
+        if (epoch + 1) % cfg.checkpoint_every == 0 or last:
+            inner = getattr(opt, "optimizer", opt)
+            save_torch_atomic(ckpt, {"adapters": bare.state_dict(), "optimizer": inner.state_dict(),
+                                     "epoch": epoch + 1, "history": history, "best": best,
+                                     "best_state": best_state, "best_epoch": best_epoch,
+                                     "settings": settings})  # fmt: skip
     finished = bool(history) and history[-1]["epoch"] >= cfg.epochs
     if best_state is not None:
         bare.load_state_dict(best_state)
