@@ -24,7 +24,8 @@ def _write(results, name):
             "ci_low": 0.4, "ci_high": 0.6, "chance": 0.25, "majority": 0.3, "n": 40}
            for f in ("colour", "shape") for m in ("acc@1", "mean_per_class_recall")]  # fmt: skip
     pd.DataFrame(acc).to_csv(probe / "zero_shot.csv", index=False)
-    lin = [{**r, "model": t, "protocol": "linear_probe", "value": 0.9} for r in acc
+    lin = [{**r, "model": t, "protocol": "linear_probe", "value": 0.9, "ci_low": 0.85,
+            "ci_high": 0.95} for r in acc
            for t in ("efficientnet-lite0", "data/align/x")]  # fmt: skip
     pd.DataFrame(lin).to_csv(probe / "linear_probe.csv", index=False)
 
