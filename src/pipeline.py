@@ -16,6 +16,7 @@ from pathlib import Path
 from src.data.io import read_manifest
 from src.data.paths import (
     captions_results_dir,
+    kernel_results_dir,
     knn_results_dir,
     list_vector_shards,
     perturb_results_dir,
@@ -24,6 +25,7 @@ from src.data.paths import (
     vector_shard_dir,
 )
 from src.eval import (
+    compare_connectors,
     eval_captions,
     eval_perturb,
     eval_probe,
@@ -34,7 +36,7 @@ from src.eval import (
 from src.extract import extract_clip, extract_knn, extract_vectors, make_sample
 from src.models.towers import remember_pooled_features
 from src.plot import report
-from src.train import export_recon, train_align, train_recon
+from src.train import export_recon, train_align, train_kernel_align, train_recon
 
 Step = tuple[str, Callable[[list[str]], int], list[str]]
 
@@ -60,6 +62,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption_shard", default="synth_03", help="held-out shard to caption")
     p.add_argument("--caption_n", type=int, default=200, help="images captioned per variant")
     p.add_argument("--perturb_n", type=int, default=100, help="images per perturbation level")
+    p.add_argument("--kernel_n", type=int, default=128, help="kernel alignment: train images")
+    p.add_argument("--kernel_steps", type=int, default=60, help="kernel alignment: steps")
     p.add_argument("--align_epochs", type=int, default=30, help="train_align's epochs")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=32)
@@ -80,6 +84,32 @@ def flags(**kw: object) -> list[str]:
         else:
             out += [f"--{k}"] if v is True else [f"--{k}", str(v)]
     return out
+
+
+KERNEL_CONNECTORS = Path(__file__).resolve().parents[1] / "sample" / "kernel_connectors"
+
+
+def kernel_steps(args: argparse.Namespace) -> list[Step]:
+    """Seed D (KUEA): a small kernel alignment of EfficientNet-Lite0 to CRAFT on the sample
+    (--kernel_n training images of synth_00, the teacher CRAFT at 96 px), and the committed
+    connector pair (original vs kernel-aligned tower, sample/kernel_connectors) compared on
+    their held-out captions."""
+    work, out = args.data / "kernel_align", kernel_results_dir(args.results)
+    steps: list[Step] = [
+        ("kernel alignment", train_kernel_align.main,
+         flags(root=args.data / "sample", train_shards="synth_00", eval_shards=args.caption_shard,
+               max_train=args.kernel_n, eval_n=64, teacher_size=96, clean_weight=0.001,
+               penalty_weight=1.0, lr=1e-4, kernel_lr=1e-2,
+               steps=args.kernel_steps, warmup=5, batch_size=32, fit_n=128,
+               out_dir=work / "tower", work_dir=work / "work", tables_dir=out,
+               device=args.device, skip_existing=True, no_progress=args.no_progress)),
+    ]  # fmt: skip
+    pair = [f"{n}={KERNEL_CONNECTORS / n}" for n in ("original", "kernel")]
+    if all((KERNEL_CONNECTORS / n / "eval").is_dir() for n in ("original", "kernel")):
+        steps.append(("kernel connectors compared", compare_connectors.main,
+                      [a for p in pair for a in ("--connector", p)]
+                      + flags(baseline="original", out_dir=out)))  # fmt: skip
+    return steps
 
 
 def align_steps(args: argparse.Namespace) -> list[Step]:
@@ -166,6 +196,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
     steps.append(("score perturbations", score_perturb.main,
                   flags(perturb_dir=perturbed, out_dir=perturb_results_dir(args.results),
                         skip_existing=True, **nll)))  # fmt: skip
+    steps += kernel_steps(args)
     steps += align_steps(args)
     steps.append(("figures and report", report.main,
                   flags(results=args.results, figures=args.figures, out=args.results,

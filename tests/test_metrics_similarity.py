@@ -256,3 +256,38 @@ def test_bad_inputs_give_clear_errors():
         permutation_test(linear_cka, x, y, n_perm=0)
     with pytest.raises(ValueError, match="Gram"):
         kernel_cka(torch.eye(3), torch.eye(4))
+
+
+# ---------------------------------------------------------------------------------------------
+# the fast paths against plain references (bench/bench_geometry.py, bench/bench_nulls.py)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dx, dy, block", [(7, 5, 3), (40, 17, 512), (33, 64, 16), (1, 1, 4)])
+def test_joint_frobenius_equals_three_full_products(dx, dy, block):
+    from src.metrics.similarity import _centred_joint, _joint_frobenius
+
+    g = torch.Generator().manual_seed(dx * 100 + dy)
+    x = torch.randn(23, dx, generator=g) * 3 + 1  # float32 in: centred and cast in one pass
+    y = torch.randn(23, dy, dtype=torch.float64, generator=g)
+    z = _centred_joint(x, y, torch.float64)
+    xc, yc = x.double() - x.double().mean(0), y - y.mean(0)
+    torch.testing.assert_close(z, torch.cat([xc, yc], 1), rtol=0, atol=1e-14)
+    sxx, sxy, syy = _joint_frobenius(z, dx, block)
+    for got, ref in ((sxx, xc.T @ xc), (sxy, yc.T @ xc), (syy, yc.T @ yc)):
+        assert float(got) == pytest.approx(float(ref.square().sum()), rel=1e-12)
+
+
+def test_mirrored_gram_and_permuted_gram_product_equal_plain_references():
+    from src.metrics.similarity import _gram_null_cross, _sym_gram
+
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(37, 6, dtype=torch.float64, generator=g)
+    b = torch.randn(37, 4, dtype=torch.float64, generator=g)
+    k, l = _sym_gram(a, block=8), _sym_gram(b, block=5)  # noqa: E741
+    torch.testing.assert_close(k, a @ a.T, rtol=1e-13, atol=1e-13)
+    assert torch.equal(k, k.T)  # mirrored, so exactly symmetric
+    perms = [torch.randperm(37, generator=g) for _ in range(4)]
+    ref = torch.stack([(k * l[p][:, p]).sum() for p in perms])
+    got = _gram_null_cross(k, l, iter(perms))
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)

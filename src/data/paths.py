@@ -201,3 +201,19 @@ def probe_results_dir(results: Path, name: str) -> Path:
     """results/probe/<name>: eval_probe's tables (zero_shot.csv, linear_probe.csv,
     retrieval.csv, summary.json)."""
     return Path(results) / "probe" / name
+
+
+def kernel_feature_dir(work_dir: Path, role: str, tag: str, shard: str) -> Path:
+    """<work_dir>/features/<role>_<tag>/<shard>: train_kernel_align's cached student prefix
+    inputs (role 'student') or teacher pooled features (role 'teacher') of one shard."""
+    return Path(work_dir) / "features" / f"{role}_{tag.replace('/', '--')}" / shard
+
+
+def kernel_results_dir(results: Path) -> Path:
+    """results/kernel_align: train_kernel_align's tables and the connector comparison."""
+    return Path(results) / "kernel_align"
+
+
+def kernel_table(out_dir: Path, name: str) -> Path:
+    """<out_dir>/<name>.csv: history (per step), fit (least-squares fit), heldout, connectors."""
+    return Path(out_dir) / f"{name}.csv"

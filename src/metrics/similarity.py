@@ -59,6 +59,9 @@ def _pair(
 
 def _check_not_constant(x: Tensor, name: str) -> None:
     # Exact test for "all rows identical" (centring would leave rounding residue, not zeros).
+    # Two rows that differ settle it in O(D); only then is the whole matrix read.
+    if x.shape[0] > 1 and bool((x[0] != x[-1]).any()):
+        return
     if bool((x.amax(dim=0) == x.amin(dim=0)).all()):
         raise ValueError(f"{name}: every row is identical (zero variance): CKA is undefined")
 
@@ -95,6 +98,61 @@ def _gram_frobenius_sq(xc: Tensor, block: int = 128) -> Tensor:
         g = xc[:, i : i + b].T @ xc[:, i:]  # (b, D - i)
         total += g[:, :b].square().sum() + 2.0 * g[:, b:].square().sum()
     return total
+
+
+# Columns per block of the joint product Z^T Z (_joint_frobenius): larger blocks make fewer,
+# larger GEMMs but compute more of the lower triangle ((1 + block/D)/2 of the full product per
+# self term). At N = 10k, D = 1024 (float64, 2 threads) 512 was the fastest of 128/256/512:
+# MKL's efficiency on these (D - i, N) x (N, block) shapes rises faster than the flops.
+JOINT_BLOCK = 512
+
+
+def _centred_joint(x: Tensor, y: Tensor, dtype: torch.dtype) -> Tensor:
+    """Z = [X_c  Y_c] (N, Dx + Dy) in dtype: each input centred while it is copied in, one pass.
+
+    The means accumulate in dtype (float64 by default) whatever x's dtype.
+    """
+    n, dx = x.shape
+    z = torch.empty(n, dx + y.shape[1], dtype=dtype, device=x.device)
+    torch.sub(x, x.mean(dim=0, keepdim=True, dtype=dtype), out=z[:, :dx])
+    torch.sub(y, y.mean(dim=0, keepdim=True, dtype=dtype), out=z[:, dx:])
+    return z
+
+
+def _joint_frobenius(z: Tensor, dx: int, block: int = JOINT_BLOCK) -> tuple[Tensor, Tensor, Tensor]:
+    """(||X_c^T X_c||_F^2, ||Y_c^T X_c||_F^2, ||Y_c^T Y_c||_F^2) from Z = [X_c Y_c] (N, Dx + Dy).
+
+    The upper block triangle of Z^T Z holds all three: column block [i, e) of Z meets the
+    columns from i on, in one GEMM Z[:, i:]^T Z[:, i:e] -> (D - i, e - i) written into one
+    reused buffer, whose row ranges (contiguous) are the diagonal block, the off-diagonal
+    blocks of its own space (counted twice) and, for X's blocks, the cross block. The same
+    flops as a cross product plus two self triangles, in fewer and larger GEMMs.
+    """
+    d = z.shape[1]
+    buf = torch.empty(d * min(block, d), dtype=z.dtype, device=z.device)
+    sums = [z.new_zeros(()) for _ in range(3)]  # xx, xy, yy
+    for lo, hi, own in ((0, dx, 0), (dx, d, 2)):
+        for i in range(lo, hi, block):
+            e = min(i + block, hi)
+            w = e - i
+            g = torch.mm(z[:, i:].T, z[:, i:e], out=buf[: (d - i) * w].view(d - i, w))
+            flat = g.view(-1)
+            diag, off, cross = flat[: w * w], flat[w * w : (hi - i) * w], flat[(hi - i) * w :]
+            sums[own] += torch.dot(diag, diag) + 2.0 * torch.dot(off, off)
+            if own == 0:
+                sums[1] += torch.dot(cross, cross)
+    return sums[0], sums[1], sums[2]
+
+
+def _hsic_from_sums(
+    s: Tensor, n: int, ab: Tensor | None, sa: Tensor | None, sb: Tensor | None
+) -> Tensor:
+    """HSIC from s = ||B_c^T A_c||_F^2; biased when ab is None, else unbiased with ab = a.b,
+    sa = sum(a), sb = sum(b) (a, b the squared centred row norms; module docstring)."""
+    if ab is None:
+        return s / (n - 1) ** 2
+    assert sa is not None and sb is not None
+    return (s - ab * n / (n - 2) + sa * sb / ((n - 1) * (n - 2))) / (n * (n - 3))
 
 
 def _linear_hsic_centred(
@@ -159,20 +217,73 @@ def linear_hsic(
     return float(h)
 
 
+class _LinearTerms(NamedTuple):
+    """What every linear CKA needs: Z = [X_c Y_c], Dx, the three squared Frobenius norms and
+    the squared centred row norms a, b (N,)."""
+
+    z: Tensor
+    dx: int
+    sxx: Tensor
+    sxy: Tensor
+    syy: Tensor
+    a: Tensor
+    b: Tensor
+
+    def hsic(self, unbiased: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """(HSIC(x, y), HSIC(x, x), HSIC(y, y)) with the chosen estimator."""
+        n = self.z.shape[0]
+        if not unbiased:
+            return tuple(_hsic_from_sums(s, n, None, None, None) for s in self._sums())
+        a, b = self.a, self.b
+        sa, sb = a.sum(), b.sum()
+        return (
+            _hsic_from_sums(self.sxy, n, a @ b, sa, sb),
+            _hsic_from_sums(self.sxx, n, a @ a, sa, sa),
+            _hsic_from_sums(self.syy, n, b @ b, sb, sb),
+        )
+
+    def _sums(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.sxy, self.sxx, self.syy
+
+
+def _linear_terms(x: Tensor, y: Tensor, unbiased: bool, dtype: torch.dtype) -> _LinearTerms:
+    """Validate, centre into Z and compute the joint Frobenius sums (one pass of GEMMs)."""
+    x, y = _pair_checked(x, y)
+    _check_unbiased(x.shape[0], unbiased)
+    z = _centred_joint(x, y, dtype)
+    dx = x.shape[1]
+    sxx, sxy, syy = _joint_frobenius(z, dx)
+    a, b = (z[:, :dx].square().sum(dim=1), z[:, dx:].square().sum(dim=1)) if unbiased else (
+        z.new_empty(0), z.new_empty(0))  # fmt: skip
+    return _LinearTerms(z, dx, sxx, sxy, syy, a, b)
+
+
+def _pair_checked(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """_pair's checks without its cast (the centring copy casts), plus the constant check."""
+    check_features(x, "x", finite=False)
+    check_features(y, "y", finite=False)
+    check_same_n(x.shape[0], y.shape[0])
+    if x.shape[0] < 2:
+        raise ValueError(f"need at least 2 images for a similarity, got N={x.shape[0]}")
+    y = y.to(x.device)
+    _check_not_constant(x, "x")
+    _check_not_constant(y, "y")
+    return x, y
+
+
 def linear_cka(
     x: Tensor, y: Tensor, *, unbiased: bool = False, dtype: torch.dtype = torch.float64
 ) -> float:
     """Linear CKA in feature space: ||Y_c^T X_c||_F^2 / (||X_c^T X_c||_F ||Y_c^T Y_c||_F).
 
     x: (N, Dx), y: (N, Dy) -> float in [0, 1] (biased), or the unbiased-HSIC CKA (may be < 0;
-    NaN when a self-HSIC estimate is <= 0). One (Dy x N)(N x Dx) product and the upper block
-    triangles of X_c^T X_c and Y_c^T Y_c; no N x N matrix. At N = 10k, D = 1024 that is about
-    1/9 of the Gram form's flops; bench/bench_geometry.py measured 5-6x its speed on 2 cores.
+    NaN when a self-HSIC estimate is <= 0). The upper block triangle of Z^T Z with
+    Z = [X_c Y_c] (_joint_frobenius): a (Dy x N)(N x Dx) product's worth for the cross term and
+    half of each self product; no N x N matrix. At N = 10k, D = 1024 that is about 1/9 of the
+    Gram form's flops (bench/bench_geometry.py).
     """
-    xc, yc, a, b = _linear_parts(x, y, unbiased, dtype)
-    hxy = _linear_hsic_centred(xc, yc, a, b, unbiased)
-    hxx = _linear_hsic_centred(xc, xc, a, a, unbiased, same=True)
-    hyy = _linear_hsic_centred(yc, yc, b, b, unbiased, same=True)
+    t = _linear_terms(x, y, unbiased, dtype)
+    hxy, hxx, hyy = t.hsic(unbiased)
     _check_result(x, y, hxy, hxx, hyy)
     return _ratio(hxy, hxx, hyy)
 
@@ -200,7 +311,9 @@ def _gram_null_cross(kc: Tensor, lc: Tensor, perms: Iterator[Tensor]) -> Tensor:
 
     = ||Y_c^T P X_c||_F^2 when kc = X_c X_c^T, lc = Y_c Y_c^T. Two index_selects into reused
     buffers (rows, then columns within each row) and one dot: O(n^2) per permutation, no
-    n x n temporaries allocated per permutation.
+    n x n temporaries allocated per permutation. (A cache-blocked variant, 128 gathered rows
+    at a time, was 6x slower in CPU time at n = 2011: index_select along dim 1 of a small
+    block does not vectorise.)
     """
     rows, both = torch.empty_like(lc), torch.empty_like(lc)
     flat_k = kc.reshape(-1)
@@ -211,6 +324,18 @@ def _gram_null_cross(kc: Tensor, lc: Tensor, perms: Iterator[Tensor]) -> Tensor:
         torch.index_select(rows, 1, p, out=both)
         out.append(torch.dot(flat_k, both.view(-1)))
     return torch.stack(out).double().cpu()
+
+
+def _sym_gram(a: Tensor, block: int = 1024) -> Tensor:
+    """a a^T (n, n) for a (n, d) from its upper block triangle, mirrored: half the GEMM flops
+    of a @ a.T, and exactly symmetric."""
+    n = a.shape[0]
+    g = torch.empty(n, n, dtype=a.dtype, device=a.device)
+    for i in range(0, n, block):
+        e = min(i + block, n)
+        torch.mm(a[i:e], a[i:].T, out=g[i:e, i:])
+        g[e:, i:e] = g[i:e, e:].T
+    return g
 
 
 def _linear_null_cross(
@@ -226,7 +351,7 @@ def _linear_null_cross(
     if gram is None:
         gram = _use_gram_null(n, dx, dy, xc.element_size(), n_perm)
     if gram:
-        return _gram_null_cross(xc @ xc.T, yc @ yc.T, iter(perms)), perms
+        return _gram_null_cross(_sym_gram(xc), _sym_gram(yc), iter(perms)), perms
     cross = torch.stack([(yc[p.to(xc.device)].T @ xc).square().sum() for p in perms])
     return cross.double().cpu(), perms
 
@@ -241,27 +366,22 @@ def _linear_tests(
     gram: bool | None = None,
 ) -> list[PermutationTest]:
     """One PermutationTest per estimator (unbiased flag), sharing the permuted cross terms."""
-    xc, yc, _, _ = _linear_parts(x, y, False, dtype)
-    n = xc.shape[0]
-    if any(estimators):
-        _check_unbiased(n, True)
-    a, b = xc.square().sum(dim=1), yc.square().sum(dim=1)
+    t = _linear_terms(x, y, any(estimators), dtype)
+    n, dx = t.z.shape[0], t.dx
+    xc, yc = t.z[:, :dx], t.z[:, dx:]
     cross, perms = _linear_null_cross(xc, yc, n_perm, seed, gram)
     tests = []
     for unbiased in estimators:
-        ua, ub = (a, b) if unbiased else (None, None)
-        hxy = _linear_hsic_centred(xc, yc, ua, ub, unbiased)
-        hxx = _linear_hsic_centred(xc, xc, ua, ua, unbiased, same=True)
-        hyy = _linear_hsic_centred(yc, yc, ub, ub, unbiased, same=True)
+        hxy, hxx, hyy = t.hsic(unbiased)
         _check_result(x, y, hxy, hxx, hyy)
         observed = _ratio(hxy, hxx, hyy)
         if unbiased:
             # the unbiased HSIC from the same cross term: only a . b changes with p
+            a, b = t.a, t.b
             ab = torch.stack([a @ b[p.to(b.device)] for p in perms]).double().cpu()
-            sa, sb = float(a.sum()), float(b.sum())
-            h = (cross - ab * n / (n - 2) + sa * sb / ((n - 1) * (n - 2))) / (n * (n - 3))
+            h = _hsic_from_sums(cross, n, ab, a.sum().double().cpu(), b.sum().double().cpu())
         else:
-            h = cross / (n - 1) ** 2
+            h = _hsic_from_sums(cross, n, None, None, None)
         null = torch.tensor([_ratio(v, hxx, hyy) for v in h], dtype=torch.float64)
         tests.append(PermutationTest(observed, null, permutation_pvalue(observed, null)))
     return tests

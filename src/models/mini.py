@@ -8,7 +8,7 @@ each LM with its own prompt layout (towers.PromptLayout).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from src.models.base import (
 )
 from src.models.connector import ConnectorConfig, MLPConnector, load_connector
 from src.models.craft import CRAFT, CraftTokens, ImageNetSquareResize
+from src.models.tower_folder import is_tower_folder, load_tower_folder
 from src.models.towers import (
     CHATML,
     EFFICIENTNET,
@@ -136,6 +137,14 @@ def build_vision(
     tower, a folder FOLDER_TOWERS knows, else a hub id or path."""
     if config.vision in OFFLINE_TOWERS:
         return OFFLINE_TOWERS[config.vision](config.grid)
+    folder = local_path(config.vision)
+    if is_tower_folder(folder):  # a fine-tuned tower (train_kernel_align): base name + delta
+
+        def base(name: str, grid: int) -> tuple[torch.nn.Module, Any]:
+            return build_vision(replace(config, vision=name, grid=grid),
+                                trust_remote_code=trust_remote_code)  # fmt: skip
+
+        return load_tower_folder(folder, config.grid, base)
     for marker, build in FOLDER_TOWERS.items():
         if (local_path(config.vision) / marker).is_file():
             return build(local_path(config.vision), config.grid)

@@ -231,12 +231,36 @@ def _dual_encoder_images(
     return DualImageReference(folder, device, dtype, pool)
 
 
+class TowerFolderReference(ReferenceEncoder):
+    """A fine-tuned tower folder (train_kernel_align: a base tower + the weights it changed),
+    the mean of its tokens (7 x 7 grid for the offline CNNs: their global average pool)."""
+
+    def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, pool: RefPool):
+        super().__init__(device, dtype, pool)
+        from src.models.connector import ConnectorConfig
+        from src.models.mini import build_vision
+
+        self.name = str(folder)
+        cfg = ConnectorConfig(vision=str(folder), grid=7, in_dim=1, out_dim=1, hidden_dim=1)
+        net, self.transform = build_vision(cfg)
+        self.net = net.to(device, dtype).eval()
+
+    @property
+    def preprocessor(self) -> ImageOnly:
+        return ImageOnly(self.transform)
+
+    @torch.no_grad()
+    def encode(self, inputs: dict[str, Any], items: list[LoadedImage]) -> torch.Tensor:
+        return self.net(inputs["pixel_values"].to(self.device, self.dtype)).float().mean(1)
+
+
 # Folders holding a trained image encoder, by the file that marks them: marker -> loader. Any
 # other folder is a hub-format CLIP / SigLIP / DINOv2 save (HFReference).
 FOLDER_REFERENCES: dict[
     str, Callable[[Path, torch.device, torch.dtype, RefPool], ReferenceEncoder]
 ] = {
     "dual_encoder.json": _dual_encoder_images,  # train_align: its image side, joint space
+    "tower.json": TowerFolderReference,  # train_kernel_align: a fine-tuned tower
 }
 
 

@@ -125,8 +125,17 @@ class EfficientNetTokens(torch.nn.Module):
         self.weights_file = str(files[0])
         state = torch.load(files[0], map_location="cpu", weights_only=True)
         self.net.load_state_dict(state)
+        # channels_last (NHWC): oneDNN's depthwise and 1x1 convolutions ran about 1.45x faster
+        # on CPU than NCHW (16.3 against 11.2 images per CPU second, batch 32, 1 thread, this
+        # repo's 2-core machine). Outputs differ from NCHW by rounding only (4e-6 relative at
+        # most, as much as NCHW's own 1-thread and 2-thread outputs differ).
+        self.net.to(memory_format=torch.channels_last)
         self.net.eval()
         self.requires_grad_(False)
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 224, 224) -> the final feature map (B, 1280, 7, 7), computed channels_last."""
+        return self.net.extract_features(pixel_values.contiguous(memory_format=torch.channels_last))
 
     def _keys(self, pixel_values: torch.Tensor) -> list[bytes]:
         tag = f"{self.weights_file}|{pixel_values.dtype}|{tuple(pixel_values.shape[1:])}".encode()
@@ -150,16 +159,16 @@ class EfficientNetTokens(torch.nn.Module):
         """(B, 3, 224, 224) -> the global average pool of the final feature map (B, 1280) float32,
         recorded vectors reused inside remember_pooled_features()."""
         if _POOLED is None:
-            return self._global_pool(self.net.extract_features(pixel_values))
+            return self._global_pool(self.features(pixel_values))
         keys = self._keys(pixel_values)
         missing = [i for i, k in enumerate(keys) if k not in _POOLED]
         if missing:
-            fresh = self._global_pool(self.net.extract_features(pixel_values[missing]))
+            fresh = self._global_pool(self.features(pixel_values[missing]))
             self._remember([keys[i] for i in missing], fresh)
         return torch.stack([_POOLED[k] for k in keys]).to(pixel_values.device)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        fmap = self.net.extract_features(pixel_values)  # (B, 1280, 7, 7)
+        fmap = self.features(pixel_values)  # (B, 1280, 7, 7)
         if _POOLED is not None:
             self._remember(self._keys(pixel_values), self._global_pool(fmap))
         if self.grid != fmap.shape[-1]:

@@ -6,6 +6,7 @@ Matplotlib's object API only (no pyplot): no global state, no backend to pick, s
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -640,6 +641,7 @@ def all_plots(results: Path, models: list[str] | None = None) -> list[tuple[str,
     ]
     for mode in tables.perturb_modes(results):
         makers.append((f"perturb_{mode}", lambda mode=mode: perturb_plot(results, mode, models)))
+    makers += importlib.import_module("src.reporting.kernel_figures").kernel_plots(results)
     from src.reporting.align_figures import align_plots  # (it imports this module)
 
     makers += align_plots(results)

@@ -12,6 +12,8 @@ import pandas as pd
 
 from src.data.paths import (
     captions_results_dir,
+    kernel_results_dir,
+    kernel_table,
     knn_results_dir,
     perturb_results_dir,
     recon_results_dir,
@@ -113,7 +115,7 @@ def input_tables(results: Path) -> list[Path]:
     tells whether a finished report is still up to date."""
     results = Path(results)
     found = []
-    for folder in ("knn", "recon", "captions", "perturb", "align", "probe"):
+    for folder in ("knn", "recon", "captions", "perturb", "kernel_align", "align", "probe"):
         for p in (results / folder).rglob("*"):
             if p.is_file() and p.suffix in (".csv", ".json") and p.name != "manifest.json":
                 found.append(p)
@@ -126,3 +128,12 @@ def perturb_modes(results: Path) -> list[str]:
         return sorted(perturb_summary(results)["mode"].unique())
     except MissingResults:
         return []
+
+
+def kernel_align_table(results: Path, name: str) -> pd.DataFrame:
+    """train_kernel_align's tables (history, fit, params, heldout) or compare_connectors'
+    (connectors) under results/kernel_align."""
+    stage = (
+        "src.eval.compare_connectors" if name == "connectors" else "src.train.train_kernel_align"
+    )
+    return _read(kernel_table(kernel_results_dir(results), name), stage)
