@@ -1,4 +1,4 @@
-"""The main job: the whole sample study on the embedded `mini` model, resumable.
+"""The main job: the whole sample study on the offline VLMs (`mini`, `mini-gemma`), resumable.
 
 sample data -> vectors -> references -> geometry -> reconstruction -> captions and perturbations
 -> scores -> figures and report. Every step runs a stage's own main() with --skip_existing, so a
@@ -30,13 +30,17 @@ from src.eval import (
     eval_perturb,
     eval_probe,
     eval_recon,
+    sae_reconstruction,
+    sae_semantic,
     score_captions,
     score_perturb,
 )
-from src.extract import extract_clip, extract_knn, extract_vectors, make_sample
+from src.extract import cache_activations, extract_clip, extract_knn, extract_vectors, make_sample
+from src.models.reference import preferred_dtype
 from src.models.towers import remember_pooled_features
 from src.plot import report
-from src.train import export_recon, train_align, train_kernel_align, train_recon
+from src.runtime import csv_list
+from src.train import export_recon, train_align, train_kernel_align, train_recon, train_sae
 
 Step = tuple[str, Callable[[list[str]], int], list[str]]
 
@@ -44,12 +48,25 @@ Step = tuple[str, Callable[[list[str]], int], list[str]]
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m src.pipeline",
-        description="Run the sample study on the embedded default model (mini), resumably.",
+        description="Run the sample study on the offline VLMs (mini, mini-gemma), resumably.",
     )
     p.add_argument("--data", type=Path, default=Path("data"), help="where every output goes")
     p.add_argument("--n_scenes", type=int, default=2000, help="synthetic scenes to generate")
     p.add_argument("--shards", type=int, default=4, help="synthetic scene shards")
-    p.add_argument("--models", default="mini", help="models for extract_vectors (default mini)")
+    p.add_argument(
+        "--models",
+        default="mini,mini-gemma",
+        help="models for extract_vectors, each studied and compared in every figure (default "
+        "mini,mini-gemma: the two offline VLMs)",
+    )
+    p.add_argument(
+        "--refs",
+        type=csv_list,
+        default=["craft-vgg16", "efficientnet-lite0", "minilm"],
+        help="offline (or hub) reference spaces for extract_clip and the geometry (default "
+        "craft-vgg16,efficientnet-lite0,minilm; efficientnet-lite0 is mini's own tower, so its "
+        "agreement with E_pre is circular: craft-vgg16 is the independent image reference)",
+    )
     p.add_argument(
         "--model_id",
         action="append",
@@ -62,6 +79,35 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption_shard", default="synth_03", help="held-out shard to caption")
     p.add_argument("--caption_n", type=int, default=200, help="images captioned per variant")
     p.add_argument("--perturb_n", type=int, default=100, help="images per perturbation level")
+    p.add_argument(
+        "--caption_n_others",
+        type=int,
+        default=40,
+        help="--caption_n for every model after the first in --models (its share of the time)",
+    )
+    p.add_argument(
+        "--perturb_n_others",
+        type=int,
+        default=16,
+        help="--perturb_n for every model after the first in --models",
+    )
+    p.add_argument(
+        "--recon_epochs_others",
+        type=int,
+        default=6,
+        help="--recon_epochs for every model after the first in --models",
+    )
+    p.add_argument(
+        "--align_n",
+        type=int,
+        default=40,
+        help="alignment suite: images per data type (first N of each --align_shards)",
+    )
+    p.add_argument(
+        "--align_shards",
+        default="charts,documents,photos,tables,synth_00",
+        help="alignment suite: the sample shards it reads (one per data type)",
+    )
     p.add_argument("--kernel_n", type=int, default=128, help="kernel alignment: train images")
     p.add_argument("--kernel_steps", type=int, default=60, help="kernel alignment: steps")
     p.add_argument("--align_epochs", type=int, default=30, help="train_align's epochs")
@@ -69,6 +115,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--num_workers", type=int, help="decode workers (default: automatic)")
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--sae_models", default="mini", help="models of the SAE study ('' skips it)")
+    p.add_argument("--sae_layers", default="3,11,19,27", help="LLM layers of the SAE study")
+    p.add_argument("--sae_images", type=int, default=64, help="held-out images measured")
+    p.add_argument("--sae_texts", type=int, default=128, help="captions the SAEs train on")
+    p.add_argument("--sae_nll_images", type=int, default=16, help="images for the delta-NLL")
     return p
 
 
@@ -84,6 +135,35 @@ def flags(**kw: object) -> list[str]:
         else:
             out += [f"--{k}"] if v is True else [f"--{k}", str(v)]
     return out
+
+
+def align_suite_steps(args: argparse.Namespace) -> list[Step]:
+    """Seed A's suite on the offline encoders (EfficientNet-Lite0, CRAFT, mini's E_pre / E_post)
+    and text models (SmolLM2, Gemma 3 270M at two layers; MiniLM) over --align_n images per data
+    type: caption embeddings and CRAFT on that subset, then CKA, CORAL, EAS / ELAS and e2e."""
+    from src.align.commands import Plan, eval_steps, text_steps, vision_steps
+
+    data, shards = args.data, args.align_shards.split(",")
+    plan = Plan(data / "sample", data / "align", args.results / "align", shards, args.align_n,
+                args.device, args.no_progress, [-6, -1])  # fmt: skip
+    craft, craft_specs = vision_steps(plan, ["craft-vgg16"])
+    texts, text_specs = text_steps(plan, ["smollm2", "gemma3-270m", "minilm"])
+    vec = data / "vector" / "mini"
+    vision = [
+        f"mini.pre:pre:{vec}",
+        f"mini.post:post:{vec}",
+        f"efficientnet-lite0:ref:{data / 'clip_ref' / 'efficientnet-lite0'}",
+        *craft_specs,
+    ]
+    # sized for the main job's budget (~70 s on 2 idle cores); the CLI's defaults are larger
+    extra = {
+        "align_compare": {"bootstrap": 100, "permutations": 100},
+        "align_coral": {"permutations": 50},
+        "align_scores": {"bootstrap": 100, "permutations": 30},
+        "align_e2e": {"projectors": "linear,mlp", "steps": 100},
+    }
+    stages = ["align_compare", "align_coral", "align_scores", "align_e2e"]
+    return craft + texts + eval_steps(plan, stages, vision, text_specs, extra)  # fmt: skip
 
 
 KERNEL_CONNECTORS = Path(__file__).resolve().parents[1] / "sample" / "kernel_connectors"
@@ -109,6 +189,32 @@ def kernel_steps(args: argparse.Namespace) -> list[Step]:
         steps.append(("kernel connectors compared", compare_connectors.main,
                       [a for p in pair for a in ("--connector", p)]
                       + flags(baseline="original", out_dir=out)))  # fmt: skip
+    return steps
+
+
+def sae_steps(args: argparse.Namespace) -> list[Step]:
+    """Seed C on each of --sae_models: cache the residual stream of the held-out shard, train
+    TopK SAEs on the captions of another shard, then reconstruction and semantic measures."""
+    steps: list[Step] = []
+    images, quiet, layers = args.data / "sample", args.no_progress, args.sae_layers
+    for model in [m for m in args.sae_models.split(",") if m]:
+        acts, saes = args.data / "activations", args.data / "sae"
+        common = dict(model=model, layers=layers, device=args.device, skip_existing=True,
+                      no_progress=quiet)  # fmt: skip
+        measure = dict(acts_dir=acts / model, sae_dir=saes / model,
+                       out_dir=args.results / "sae", **common)  # fmt: skip
+        steps += [
+            (f"activations {model}", cache_activations.main,
+             flags(image_dir=images, shards=args.caption_shard, limit=args.sae_images,
+                   out_dir=acts, **common)),
+            (f"SAEs {model}", train_sae.main,
+             flags(image_dir=images, shards="synth_00", max_texts=args.sae_texts,
+                   out_dir=saes, **common)),
+            (f"SAE reconstruction {model}", sae_reconstruction.main,
+             flags(image_dir=images, shards=args.caption_shard, nll_images=args.sae_nll_images,
+                   **measure)),
+            (f"SAE semantics {model}", sae_semantic.main, flags(**measure)),
+        ]  # fmt: skip
     return steps
 
 
@@ -144,16 +250,21 @@ def plan(args: argparse.Namespace) -> list[Step]:
          flags(root=images, out_dir=data / "vector", models=args.models, **loader)
          + [a for mid in args.model_id or [] for a in ("--model_id", mid)]),
     ]  # fmt: skip
-    for ref in ("efficientnet-lite0", "minilm"):
+    for ref in args.refs:
         steps.append((f"reference {ref}", extract_clip.main,
                       flags(root=images, out_dir=data / "clip_ref" / ref, model_id=ref,
-                            **loader)))  # fmt: skip
-    refs = [f"{ref}:{data / 'clip_ref' / ref}" for ref in ("efficientnet-lite0", "minilm")]
-    # No CLIP ships offline: score captions by their NLL under mini given the image instead.
-    nll = {}
-    if "mini" in args.models.split(","):
-        nll = dict(nll_vec_dir=data / "vector" / "mini")
-    for model in args.models.split(","):
+                            dtype=preferred_dtype(ref), **loader)))  # fmt: skip
+    refs = [f"{ref}:{data / 'clip_ref' / ref}" for ref in args.refs]
+    # No CLIP ships offline: captions are scored by their NLL under the model that wrote them,
+    # given the image (its own stored E_post in <data>/vector/<model>), where that model is a
+    # connector VLM (the scoring stages decide: src.models.scoring.scores_nll).
+    nll = dict(nll_vec_root=data / "vector")
+    for i, model in enumerate(args.models.split(",")):
+        caption_n, perturb_n, epochs = (
+            (args.caption_n, args.perturb_n, args.recon_epochs)
+            if i == 0
+            else (args.caption_n_others, args.perturb_n_others, args.recon_epochs_others)
+        )
         recon = data / "recon" / model
         common = dict(embed_model=model, skip_existing=True, no_progress=quiet)
         vec = data / "vector" / model
@@ -167,7 +278,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
         steps += [
             (f"reconstructor {model}", train_recon.main,
              flags(vec_dir=data / "vector" / model, out_dir=recon, model_type="mlp",
-                   normalize=True, epochs=args.recon_epochs, hidden_size=1024, num_layers=2,
+                   normalize=True, epochs=epochs, hidden_size=1024, num_layers=2,
                    batch_size=32, device=args.device, **common)),
             (f"export reconstruction {model}", export_recon.main,
              flags(vec_root=data / "vector", model_dir=recon, out_base=data / "vector_recon",
@@ -182,7 +293,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
         steps += [
             (f"captions post vs reconstruction {model}", eval_captions.main,
              flags(vec_dir=vec, image_dir=images, model_path=recon,
-                   compare_post_vs_recon=True, out_dir=captions, shard_limit=args.caption_n,
+                   compare_post_vs_recon=True, out_dir=captions, shard_limit=caption_n,
                    device=args.device, **held_out)),
             (f"score captions {model}", score_captions.main,
              flags(caption_dir=captions, skip_existing=True, **nll)),
@@ -191,12 +302,14 @@ def plan(args: argparse.Namespace) -> list[Step]:
             steps.append(
                 (f"perturb {mode} {model}", eval_perturb.main,
                  flags(vec_dir=vec, image_dir=images, mode=mode, level=levels,
-                       out_dir=perturbed, limit=args.perturb_n, device=args.device, **held_out))
+                       out_dir=perturbed, limit=perturb_n, device=args.device, **held_out))
             )  # fmt: skip
     steps.append(("score perturbations", score_perturb.main,
                   flags(perturb_dir=perturbed, out_dir=perturb_results_dir(args.results),
                         skip_existing=True, **nll)))  # fmt: skip
     steps += kernel_steps(args)
+    steps += sae_steps(args)
+    steps += align_suite_steps(args)
     steps += align_steps(args)
     steps.append(("figures and report", report.main,
                   flags(results=args.results, figures=args.figures, out=args.results,

@@ -16,8 +16,8 @@ def _write(results, name):
             for r in (8, 16) for d in ("image_to_text", "text_to_image")
             for m, v, c in (("R@1", 0.3 + r / 100, 0.025), ("R@5", 0.6, 0.125),
                             ("MRR", 0.4, 0.1))]  # fmt: skip
-    (results / "align" / name).mkdir(parents=True)
-    pd.DataFrame(rows).to_csv(results / "align" / name / "retrieval.csv", index=False)
+    (results / "contrastive" / name).mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(results / "contrastive" / name / "retrieval.csv", index=False)
     probe = results / "probe" / name
     probe.mkdir(parents=True)
     acc = [{"model": "dual", "family": f, "protocol": "zero_shot", "metric": m, "value": 0.5,
@@ -44,4 +44,4 @@ def test_align_figures_plot_their_tables(tmp_path):
     assert (probe.data.chance == 0.25).all() and (probe.data.majority == 0.3).all()
     names = [n for n, _ in all_plots(tmp_path)]
     assert {"align_retrieval", "probe_accuracy"} <= set(names)
-    assert tmp_path / "align" / "x" / "retrieval.csv" in tables.input_tables(tmp_path)
+    assert tmp_path / "contrastive" / "x" / "retrieval.csv" in tables.input_tables(tmp_path)

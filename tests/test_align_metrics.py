@@ -18,7 +18,7 @@ from src.metrics.probe import (
     topk_hits,
     zero_shot_logits,
 )
-from src.metrics.retrieval import (
+from src.metrics.retrieval_sets import (
     chance_mrr,
     chance_recall,
     image_to_text_ranks,

@@ -17,8 +17,11 @@ from src.extract import extract_vectors
 
 
 def small_study(root) -> list[str]:
-    """The main job's arguments for a small study under `root` (the committed mini model)."""
+    """The main job's arguments for a small study under `root` (the committed mini model; the
+    plan with mini-gemma beside it: tests/test_mini_gemma.py)."""
     return [
+        "--models",
+        "mini",
         "--data",
         str(root / "data"),
         "--results",
@@ -41,6 +44,8 @@ def small_study(root) -> list[str]:
         "3",
         "--perturb_n",
         "2",
+        "--align_n",
+        "6",
         "--no_progress",
     ]
 

@@ -75,12 +75,14 @@ def test_dry_run_orders_steps_by_what_they_read(tmp_path, capsys):
     }
     assert lines["sample data"].endswith("depends on nothing")
     # references and vectors read only the images: they run side by side
-    for step in ("E_pre / E_post", "reference efficientnet-lite0", "reference minilm"):
+    refs = ("craft-vgg16", "efficientnet-lite0", "minilm")
+    for step in ("E_pre / E_post", *(f"reference {r}" for r in refs)):
         assert lines[step].endswith("after <sample data>"), lines[step]
-    assert (
-        "after <E_pre / E_post>, <reference efficientnet-lite0>, <reference minilm>"
-        in (lines["geometry mini"])
-    )
+    for model in ("mini", "mini-gemma"):
+        assert (
+            "after <E_pre / E_post>, " + ", ".join(f"<reference {r}>" for r in refs)
+            in (lines[f"geometry {model}"])
+        )
     # captions need the vectors, the images and the reconstructor, not the geometry
     cap = lines["captions post vs reconstruction mini"]
     assert "<reconstructor mini>" in cap and "geometry" not in cap

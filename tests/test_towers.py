@@ -73,3 +73,30 @@ def test_causal_lm_is_loaded_once_per_process_and_equals_a_fresh_load():
     assert not lm.training and not any(p.requires_grad for p in lm.parameters())
     clear_lm_cache()
     assert load_causal_lm(SMOLLM2, cpu, torch.float32)[0] is not lm
+
+
+def test_a_second_vlm_on_the_same_tower_reuses_its_token_grids(monkeypatch):
+    """Inside remember_pooled_features the token grid of a batch seen before comes back without
+    running the network (mini-gemma shares mini's tower), equal to the first computation; a
+    new batch or another grid runs the network."""
+    from src.models.towers import remember_pooled_features
+
+    net = EfficientNetTokens(grid=4)
+    x, y = torch.randn(2, 3, 224, 224), torch.randn(2, 3, 224, 224)
+    calls = []
+    forward = net.net.extract_features
+    monkeypatch.setattr(net.net, "extract_features", lambda t: calls.append(1) or forward(t))
+    with torch.no_grad(), remember_pooled_features():
+        first = net(x)
+        again = EfficientNetTokens(grid=4)
+        monkeypatch.setattr(again.net, "extract_features", lambda t: calls.append(2) or forward(t))
+        torch.testing.assert_close(again(x), first, rtol=0, atol=0)
+        assert calls == [1]
+        again(y)
+        assert calls == [1, 2]
+        seven = EfficientNetTokens(grid=7)
+        monkeypatch.setattr(seven.net, "extract_features", lambda t: calls.append(7) or forward(t))
+        assert seven(x).shape == (2, 49, 1280) and calls == [1, 2, 7]
+    with torch.no_grad():  # outside the block nothing is remembered
+        again(x)
+    assert calls == [1, 2, 7, 2]

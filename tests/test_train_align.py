@@ -93,7 +93,7 @@ def test_train_align_outputs_and_reports_skipped_files(trained):
     config = json.loads((out / "dual_encoder.json").read_text())
     assert config["radius_weights"] == pytest.approx([1 / 3] * 3)
     assert config["training"]["data"]["n_captions"] == 59 + 1  # scene 58 has two lines
-    table = pd.read_csv(results / "align" / "efficientnet-lite0_minilm" / "retrieval.csv")
+    table = pd.read_csv(results / "contrastive" / "efficientnet-lite0_minilm" / "retrieval.csv")
     assert set(table.radius) == {8, 16, 32}
     assert set(table.direction) == {"image_to_text", "text_to_image"}
     assert set(table.metric) == {"R@1", "R@5", "R@10", "MRR"}

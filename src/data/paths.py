@@ -8,8 +8,8 @@ from typing import Literal
 
 from src.errors import InputMissing, UserError
 
-ChunkKind = Literal["pre", "post", "ref"]
-_CHUNK_RE = re.compile(r"^(pre|post|ref)_vectors_(\d+)\.pt$")
+ChunkKind = Literal["pre", "post", "ref", "text"]
+_CHUNK_RE = re.compile(r"^(pre|post|ref|text)_vectors_(\d+)\.pt$")
 
 
 def vector_shard_dir(out_dir: Path, model: str, shard: str) -> Path:
@@ -25,6 +25,12 @@ def vector_dir(out_dir: Path, model: str) -> Path:
 def reference_shard_dir(out_dir: Path, shard: str) -> Path:
     """data/clip_ref/<shard>: one reference encoder's embeddings for one image shard."""
     return Path(out_dir) / shard
+
+
+def text_layer_dir(out_dir: Path, pool: str, layer: int) -> Path:
+    """data/text/<model>/<pool>_L<layer>: extract_text's caption embeddings at one hidden-state
+    index as given (-1 = the last), a folder per image shard holding text_vectors_<i>.pt."""
+    return Path(out_dir) / f"{pool}_L{layer}"
 
 
 def chunk_path(shard_dir: Path, kind: ChunkKind, index: int) -> Path:
@@ -192,15 +198,25 @@ def imported_files(shard_dir: Path, row: int) -> tuple[Path, Path]:
     return stem.with_suffix(".jpg"), stem.with_suffix(".txt")
 
 
-def align_results_dir(results: Path, name: str) -> Path:
-    """results/align/<name>: train_align's held-out tables (retrieval.csv, history.csv)."""
-    return Path(results) / "align" / name
+def contrastive_results_dir(results: Path, name: str) -> Path:
+    """results/contrastive/<name>: train_align's held-out tables (retrieval.csv, history.csv)."""
+    return Path(results) / "contrastive" / name
 
 
 def probe_results_dir(results: Path, name: str) -> Path:
     """results/probe/<name>: eval_probe's tables (zero_shot.csv, linear_probe.csv,
     retrieval.csv, summary.json)."""
     return Path(results) / "probe" / name
+
+
+def align_results_dir(results: Path) -> Path:
+    """results/align: the alignment suite's tables (seed A; src/eval/align_*)."""
+    return Path(results) / "align"
+
+
+def align_table(out_dir: Path, table: str) -> Path:
+    """<out_dir>/<table>.csv: one of the alignment suite's tables (cka, coral, scores, ...)."""
+    return Path(out_dir) / f"{table}.csv"
 
 
 def kernel_feature_dir(work_dir: Path, role: str, tag: str, shard: str) -> Path:
@@ -217,3 +233,37 @@ def kernel_results_dir(results: Path) -> Path:
 def kernel_table(out_dir: Path, name: str) -> Path:
     """<out_dir>/<name>.csv: history (per step), fit (least-squares fit), heldout, connectors."""
     return Path(out_dir) / f"{name}.csv"
+
+
+# Sparse autoencoders (seed C): activation caches, trained SAEs, their result tables.
+
+
+def activation_dir(root: Path, model: str) -> Path:
+    """data/activations/<model>: cache_activations' residual-stream cache, a folder per shard."""
+    return Path(root) / model
+
+
+def activation_chunk(shard_dir: Path, layer: int, index: int) -> Path:
+    """<shard_dir>/L<layer>_<index>.pt: one layer's token sets for one chunk of images."""
+    return Path(shard_dir) / f"L{layer:03d}_{index}.pt"
+
+
+def sae_dir(root: Path, model: str) -> Path:
+    """data/sae/<model>: train_sae's SAEs, one sparsify folder per layer (sae_layer_dir)."""
+    return Path(root) / model
+
+
+def sae_layer_dir(folder: Path, layer: int) -> Path:
+    """<folder>/layers.<layer>: sparsify's name for the SAE of decoder block <layer>."""
+    return Path(folder) / f"layers.{layer}"
+
+
+def sae_results_dir(results: Path) -> Path:
+    """results/sae: sae_reconstruction's and sae_semantic's tables for every model."""
+    return Path(results) / "sae"
+
+
+def sae_table(out_dir: Path, table: str, model: str, suffix: str = ".csv") -> Path:
+    """<out_dir>/<table>_<model>.csv: reconstruction / semantic (per layer and token set) or
+    their per-image rows (<table>_images)."""
+    return Path(out_dir) / f"{table}_{model}{suffix}"

@@ -57,7 +57,8 @@ def score_table(path: Path, scorers: Scorers) -> pd.DataFrame:
     if empty:
         print(f"  {path.name}: {empty} image(s) without reference caption (scores NaN)")
     df = bertscore_columns(df, scorers.bert, scorers.cfg.seed)
-    return scorers.image_text(df, [c for c in df.columns if c.startswith("caption_")])
+    model = upstream_identity(path.parent).get("model")  # whose captions (for --nll_vec_root)
+    return scorers.image_text(df, [c for c in df.columns if c.startswith("caption_")], model)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,7 +94,7 @@ STAGE = Stage(
     module=__name__,
     parser=get_args_parser,
     run=run,
-    inputs=lambda a: [a.caption_dir, *([a.nll_vec_dir] if a.nll_vec_dir else [])],
+    inputs=lambda a: [a.caption_dir, *(d for d in (a.nll_vec_dir, a.nll_vec_root) if d)],
     outputs=lambda a: [out_dir(a)],
 )
 

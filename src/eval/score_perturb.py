@@ -61,7 +61,7 @@ def bertscore_perturb(df: pd.DataFrame, bert: BertScorer, seed: int = 0) -> pd.D
 def score_table(path: Path, model: str, scorers: Scorers) -> pd.DataFrame:
     df = pd.read_csv(path, keep_default_na=False)
     df = bertscore_perturb(df, scorers.bert, scorers.cfg.seed)
-    df = scorers.image_text(df, ["caption", "caption_original"])
+    df = scorers.image_text(df, ["caption", "caption_original"], model)
     df.insert(0, "model", model)
     return df
 
@@ -107,7 +107,7 @@ STAGE = Stage(
     module=__name__,
     parser=get_args_parser,
     run=run,
-    inputs=lambda a: [a.perturb_dir, *([a.nll_vec_dir] if a.nll_vec_dir else [])],
+    inputs=lambda a: [a.perturb_dir, *(d for d in (a.nll_vec_dir, a.nll_vec_root) if d)],
     outputs=lambda a: [a.out_dir],
 )
 

@@ -1,12 +1,10 @@
-"""Cross-modal retrieval: ranks both directions with several captions per image, R@k, MRR and
-their chance levels (CLIP_benchmark's definitions). Pure tensor functions, no I/O.
+"""Cross-modal retrieval with several captions per image: ranks, R@k, MRR and their chance levels.
 
-Conventions: sim is (N_cap, N_img), caption j belongs to image owner[j]. A rank is 0-based: the
-number of candidates scored above the query's positive, ties broken by candidate index (the
-lower index first), so results are deterministic.
-  text -> image: caption j ranks its own image among the N_img images.
-  image -> text: image i is found at the best (lowest) rank of any of its captions among all
-                 N_cap captions, so R@k counts it when any of its captions is within the top k.
+Images img (N, D) and captions cap (M, D) live in one space (cosine similarity); owner (M,) says
+which image each caption describes. CLIP_benchmark's definition: an image query is answered at
+rank r when the best-ranked of ITS captions is r-th among all M captions; a caption query when
+its own image is r-th among the N images. Ties count against the query (an irrelevant item with
+the same score ranks ahead), so a constant scorer gets the worst rank, never a lucky one.
 """
 
 from __future__ import annotations
@@ -14,101 +12,112 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 
-def _rank_of(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """scores (Q, C), target (Q,) column of each query's positive -> (Q,) 0-based ranks."""
-    pos = scores.gather(1, target[:, None])  # (Q, 1)
-    cols = torch.arange(scores.shape[1], device=scores.device)[None]
-    ahead = (scores > pos) | ((scores == pos) & (cols < target[:, None]))
-    return ahead.sum(1)
+def _cosine(a: Tensor, b: Tensor) -> Tensor:
+    return F.normalize(a.double(), dim=-1) @ F.normalize(b.double(), dim=-1).T
 
 
-def text_to_image_ranks(sim: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
-    """sim (N_cap, N_img), owner (N_cap,) -> (N_cap,) rank of each caption's image."""
-    return _rank_of(sim, owner)
+def first_relevant_rank(sim: Tensor, relevant: Tensor) -> Tensor:
+    """1-based rank of the best relevant item per query: sim (Q, G) scores, relevant (Q, G) bool
+    (at least one True per row) -> (Q,) int64 = 1 + #{irrelevant g: sim >= best relevant}."""
+    if sim.shape != relevant.shape or sim.ndim != 2:
+        raise ValueError(f"sim {tuple(sim.shape)} and relevant {tuple(relevant.shape)} differ")
+    if not bool(relevant.any(1).all()):
+        raise ValueError("every query needs at least one relevant item")
+    best = sim.masked_fill(~relevant, float("-inf")).max(1).values  # (Q,)
+    ahead = (sim >= best.unsqueeze(1)) & ~relevant
+    return 1 + ahead.sum(1)
 
 
-def image_to_text_ranks(sim: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
-    """sim (N_cap, N_img), owner (N_cap,) -> (N_img,) best rank of any own caption among all
-    captions. Every image needs at least one caption."""
-    n_img = sim.shape[1]
-    scores = sim.T  # (N_img, N_cap)
-    best = torch.full((n_img,), sim.shape[0], dtype=torch.long, device=sim.device)
-    caps = torch.arange(sim.shape[0], device=sim.device)
-    ranks = _rank_of(scores[owner], caps)  # (N_cap,): caption j ranked for its own image
-    best = best.scatter_reduce(0, owner, ranks, reduce="amin")
-    if (best >= sim.shape[0]).any():
-        raise ValueError("an image has no caption")
-    return best
+def image_to_text_ranks(img: Tensor, cap: Tensor, owner: Tensor) -> Tensor:
+    """(N,) rank among the M captions of the first of image i's own captions."""
+    n = img.shape[0]
+    relevant = owner.unsqueeze(0) == torch.arange(n).unsqueeze(1)  # (N, M)
+    return first_relevant_rank(_cosine(img, cap), relevant)
 
 
-def recall_hits(ranks: torch.Tensor, k: int) -> torch.Tensor:
-    """(Q,) ranks -> (Q,) float 1.0 where the positive is within the top k."""
-    return (ranks < k).double()
+def text_to_image_ranks(img: Tensor, cap: Tensor, owner: Tensor) -> Tensor:
+    """(M,) rank among the N images of each caption's own image."""
+    n = img.shape[0]
+    relevant = torch.arange(n).unsqueeze(0) == owner.unsqueeze(1)  # (M, N)
+    return first_relevant_rank(_cosine(cap, img), relevant)
 
 
-def reciprocal_ranks(ranks: torch.Tensor) -> torch.Tensor:
-    """(Q,) 0-based ranks -> (Q,) 1 / (rank + 1); their mean is the MRR."""
-    return 1.0 / (ranks.double() + 1)
+def recall_at_k(ranks: Tensor, k: int) -> float:
+    """Fraction of queries answered within the top k."""
+    return float((ranks <= k).double().mean())
 
 
-def _p_min_rank_at_least(n: int, c: int, r: int) -> float:
-    """P(the best of c positives placed at random among n candidates has rank >= r)."""
-    if r + c > n:
+def mean_reciprocal_rank(ranks: Tensor) -> float:
+    return float((1.0 / ranks.double()).mean())
+
+
+def _p_best_after(g: int, c: int, r: int) -> float:
+    """P(the best of c relevant items among g randomly ordered ones ranks after r)."""
+    if r >= g - c + 1:
         return 0.0
     return math.exp(
-        math.lgamma(n - r + 1)
-        - math.lgamma(n - r - c + 1)
-        - math.lgamma(n + 1)
-        + math.lgamma(n - c + 1)
+        math.lgamma(g - c + 1)
+        - math.lgamma(g - c - r + 1)
+        + math.lgamma(g - r + 1)
+        - math.lgamma(g + 1)
     )
 
 
-def chance_recall(n_candidates: int, n_positives: torch.Tensor, k: int) -> float:
-    """Expected R@k of a random ranking: queries with n_positives (Q,) among n_candidates."""
-    vals = [1 - _p_min_rank_at_least(n_candidates, int(c), k) for c in n_positives.tolist()]
-    return sum(vals) / max(1, len(vals))
+def chance_recall(g: int, c: int, k: int) -> float:
+    """R@k of a random ranking: 1 - C(g - c, k) / C(g, k) for c relevant among g items."""
+    return 1.0 - _p_best_after(g, c, min(k, g))
 
 
-def chance_mrr(n_candidates: int, n_positives: torch.Tensor) -> float:
-    """Expected MRR of a random ranking (the mean of E[1 / (best rank + 1)] over queries)."""
-    out = 0.0
-    cache: dict[int, float] = {}
-    for c in n_positives.tolist():
-        if c not in cache:
-            p = [_p_min_rank_at_least(n_candidates, int(c), r) for r in range(n_candidates + 1)]
-            cache[c] = sum((p[r] - p[r + 1]) / (r + 1) for r in range(n_candidates))
-        out += cache[c]
-    return out / max(1, n_positives.numel())
+def chance_mrr(g: int, c: int) -> float:
+    """E[1 / rank of the best of c relevant items among g randomly ordered ones]."""
+    return sum((_p_best_after(g, c, r - 1) - _p_best_after(g, c, r)) / r for r in range(1, g + 1))
 
 
-def retrieval_rows(
-    sim: torch.Tensor,
-    owner: torch.Tensor,
-    ks: tuple[int, ...] = (1, 5, 10),
-    n_boot: int = 1000,
-    seed: int = 0,
+def retrieval_metrics(
+    img: Tensor, cap: Tensor, owner: Tensor, ks: tuple[int, ...] = (1, 5, 10)
 ) -> list[dict]:
-    """Both directions' R@k and MRR with bootstrap CIs (over queries) and chance levels.
+    """Both directions' R@k and MRR with chance levels: rows {direction, metric, value, chance}.
 
-    sim (N_cap, N_img), owner (N_cap,). One dict per (direction, metric): direction,
-    metric ('R@k' / 'MRR'), value, ci_low, ci_high, chance, n (queries)."""
-    from src.metrics.stats import summarize
-
-    n_cap, n_img = sim.shape
-    per_image = torch.bincount(owner, minlength=n_img)
-    ranks = {
-        "image_to_text": (image_to_text_ranks(sim, owner), n_cap, per_image),
-        "text_to_image": (text_to_image_ranks(sim, owner), n_img, torch.ones(n_cap)),
-    }
+    img (N, D), cap (M, D), owner (M,) int64 in [0, N), every image with >= 1 caption.
+    """
+    n, m = img.shape[0], cap.shape[0]
+    counts = torch.bincount(owner, minlength=n)
+    if int(counts.min()) < 1:
+        raise ValueError("every image needs at least one caption")
     rows = []
-    for direction, (r, n_cand, n_pos) in ranks.items():
-        metrics = {f"R@{k}": (recall_hits(r, k), chance_recall(n_cand, n_pos, k)) for k in ks}
-        metrics["MRR"] = (reciprocal_ranks(r), chance_mrr(n_cand, n_pos))
-        for name, (values, chance) in metrics.items():
-            s = summarize(values, n_boot=n_boot, seed=seed)
-            rows.append({"direction": direction, "metric": name, "value": s["mean"],
-                         "ci_low": s["ci_low"], "ci_high": s["ci_high"], "chance": chance,
-                         "n": s["n"]})  # fmt: skip
+    for direction, ranks, chance_k, chance_m in (
+        (
+            "image_to_text",
+            image_to_text_ranks(img, cap, owner),
+            lambda k: sum(chance_recall(m, int(c), k) for c in counts) / n,
+            sum(chance_mrr(m, int(c)) for c in counts) / n,
+        ),
+        (
+            "text_to_image",
+            text_to_image_ranks(img, cap, owner),
+            lambda k: chance_recall(n, 1, k),
+            chance_mrr(n, 1),
+        ),
+    ):
+        for k in ks:
+            rows.append(
+                {
+                    "direction": direction,
+                    "metric": f"R@{k}",
+                    "value": recall_at_k(ranks, k),
+                    "chance": chance_k(k),
+                }
+            )
+        rows.append(
+            {
+                "direction": direction,
+                "metric": "MRR",
+                "value": mean_reciprocal_rank(ranks),
+                "chance": chance_m,
+            }
+        )
     return rows

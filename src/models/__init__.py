@@ -14,6 +14,7 @@ from src.models.base import VLMAdapter
 # Module paths rather than classes, so that importing the registry does not import every family.
 _REGISTRY: dict[str, str] = {
     "mini": "src.models.mini:MiniAdapter",
+    "mini-gemma": "src.models.mini:MiniGemmaAdapter",
     "llava": "src.models.llava:LlavaAdapter",
     "idefics2": "src.models.idefics2:Idefics2Adapter",
     "qwen2.5vl": "src.models.qwen_vl:Qwen25VLAdapter",

@@ -29,6 +29,23 @@ class VisionOutput:
     post: list[torch.Tensor]
 
 
+@dataclass
+class LMSequences:
+    """A batch of LLM input sequences and where each token set sits in them (the SAE stages).
+
+    kwargs: keyword arguments of the adapter's run_lm (inputs_embeds or input_ids, masks, pixels)
+    spans:  token set -> per row a (n_i,) long tensor of sequence positions. Image sequences:
+            "image" (the image tokens) and "text" (the prompt's tokens after them); text-only
+            controls: "control" (the caption, where the image was) and "control_text" (the
+            prompt after it)
+    labels: (B, L) the token each position predicts, -100 where none (captions appended), or None
+    """
+
+    kwargs: dict[str, Any]
+    spans: dict[str, list[torch.Tensor]]
+    labels: torch.Tensor | None = None
+
+
 class Preprocessor(ABC):
     """Turns PIL images (and a prompt, for generation) into model inputs.
 
@@ -108,6 +125,37 @@ class VLMAdapter(ABC):
 
     def connector(self) -> torch.nn.Module:
         return self.model.get_submodule(self.hook_point)
+
+    # The LLM side, for the SAE stages (cache_activations, train_sae, sae_*). Not abstract, so an
+    # adapter that does not implement them still serves every other stage.
+
+    def lm_blocks(self) -> torch.nn.ModuleList:
+        """The LLM's decoder blocks: block l's output is hook_resid_post of layer l."""
+        raise NotImplementedError(f"the {self.name} adapter does not expose its LLM blocks")
+
+    def lm_readout(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(final norm, unembedding) of the LLM: logits = unembedding(norm(residual))."""
+        raise NotImplementedError(f"the {self.name} adapter does not expose its LLM readout")
+
+    def image_sequences(
+        self, inputs: BatchInputs, captions: list[str] | None = None
+    ) -> LMSequences:
+        """The LLM's input for a batch made with a prompt, spans "image" and "text"; with
+        captions, each row's caption (and end token) follows the prompt, with labels."""
+        raise NotImplementedError(f"the {self.name} adapter does not build LLM sequences")
+
+    def control_sequences(self, captions: list[str], prompt: str) -> LMSequences:
+        """Text-only controls: the same prompt with row i's image replaced by captions[i]
+        (no image token anywhere), spans "control" and "control_text"."""
+        raise NotImplementedError(f"the {self.name} adapter does not build LLM sequences")
+
+    def text_tokenizer(self) -> Any:
+        """The LLM's tokenizer (token strings for the logit lens)."""
+        raise NotImplementedError(f"the {self.name} adapter does not expose its tokenizer")
+
+    def run_lm(self, seq: LMSequences) -> torch.Tensor:
+        """Logits (B, L, V) of the LLM on the sequences (hooks on lm_blocks() see the forward)."""
+        return self.model(**seq.kwargs).logits
 
     def describe(self) -> dict[str, Any]:
         """What a manifest records about the model."""

@@ -23,6 +23,7 @@ from src.errors import UserError
 from src.models.base import (
     DEFAULT_PROMPT,
     BatchInputs,
+    LMSequences,
     Preprocessor,
     VisionOutput,
     VLMAdapter,
@@ -40,7 +41,8 @@ from src.models.towers import (
     prompt_layout,
 )
 
-DEFAULT_CONNECTOR_DIR = Path(__file__).parent / "weights" / "mini"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_CONNECTOR_DIR = WEIGHTS_DIR / "mini"
 IMAGE_SIZE = 224
 
 
@@ -249,9 +251,12 @@ class ComposedVLM(torch.nn.Module):
         text_emb = self.lm.get_input_embeddings()(target.clamp(min=0)).to(post.dtype)
         mask = torch.ones(prefix.shape[0], prefix.shape[1] + width, device=post.device)
         mask[:, prefix.shape[1] :] = (target != -100).float()
-        logits = self.lm(inputs_embeds=torch.cat([prefix, text_emb], 1), attention_mask=mask).logits
-        # The logit at position p predicts token p + 1: caption token j sits at P + j.
-        pred = logits[:, prefix.shape[1] - 1 : -1].float()  # (B, width, V)
+        # The logit at position p predicts token p + 1: caption token j sits at P + j, so only
+        # the last width + 1 positions' logits are needed (the LM head over Gemma's 262k entries
+        # at every prefix position was a third of a training step).
+        logits = self.lm(inputs_embeds=torch.cat([prefix, text_emb], 1), attention_mask=mask,
+                         logits_to_keep=width + 1).logits  # fmt: skip
+        pred = logits[:, :-1].float()  # (B, width, V)
         # One (V,) row per token: float32 cross-entropy over a strided vocabulary dim (the
         # (B, V, width) layout) was off by 6e-5 relative at Gemma's 262k entries against float64,
         # contiguous rows by 8e-6.
@@ -444,3 +449,67 @@ class MiniAdapter(VLMAdapter):
         prompt = inputs.get("prompt") or DEFAULT_PROMPT
         stacked = torch.stack([p.to(self.device, self.dtype) for p in post])
         return self.model.generate(stacked, prompt, max_new_tokens)
+
+    # The LLM side for the SAE stages. The prefix is before + image tokens + after, one length
+    # for every image, so the spans are the same ranges in every row.
+
+    def lm_blocks(self) -> torch.nn.ModuleList:
+        return self.model.lm.get_decoder().layers
+
+    def lm_readout(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        return self.model.lm.get_decoder().norm, self.model.lm.get_output_embeddings()
+
+    @torch.no_grad()
+    def image_sequences(
+        self, inputs: BatchInputs, captions: list[str] | None = None
+    ) -> LMSequences:
+        post = torch.stack([p.to(self.device, self.dtype) for p in self.encode(inputs).post])
+        prompt = inputs.get("prompt") or DEFAULT_PROMPT
+        embeds = self.model.embed_prompt(post, prompt)  # (B, P, D)
+        (b, p), lb, t = embeds.shape[:2], len(self.model._prompt_ids(prompt)[0]), post.shape[1]
+        spans = {"image": [torch.arange(lb, lb + t)] * b, "text": [torch.arange(lb + t, p)] * b}
+        mask = torch.ones(b, p, device=self.device)
+        labels = None
+        if captions is not None:
+            # as caption_loss builds it: caption + eos after the prompt, right-padded
+            target = self.model._caption_targets(captions, self.device)  # (B, W)
+            text = self.model.lm.get_input_embeddings()(target.clamp(min=0)).to(embeds.dtype)
+            embeds = torch.cat([embeds, text], 1)
+            mask = torch.cat([mask, (target != -100).float()], 1)
+            labels = torch.full(mask.shape, -100, dtype=torch.long, device=self.device)
+            labels[:, p - 1 : p - 1 + target.shape[1]] = target  # position p - 1 predicts token 0
+        return LMSequences({"inputs_embeds": embeds, "attention_mask": mask}, spans, labels)
+
+    def control_sequences(self, captions: list[str], prompt: str) -> LMSequences:
+        before, after = self.model._prompt_ids(prompt)
+        tok = self.model.tokenizer
+        caps = [torch.tensor(tok(c, add_special_tokens=False)["input_ids"], dtype=torch.long)
+                for c in captions]  # fmt: skip
+        rows = [torch.cat([before, c, after]) for c in caps]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.model.eos_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), width)
+        for i, r in enumerate(rows):  # right-padded: every row starts at position 0
+            ids[i, : len(r)], mask[i, : len(r)] = r, 1
+        lb, la = len(before), len(after)
+        spans = {
+            "control": [torch.arange(lb, lb + len(c)) for c in caps],
+            "control_text": [torch.arange(lb + len(c), lb + len(c) + la) for c in caps],
+        }
+        kwargs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+        return LMSequences(kwargs, spans)
+
+    def text_tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    def run_lm(self, seq: LMSequences) -> torch.Tensor:
+        return self.model.lm(**seq.kwargs).logits
+
+
+class MiniGemmaAdapter(MiniAdapter):
+    """`mini-gemma`: the same EfficientNet-Lite0 tokens (16 of 1280) -> 2-layer MLP -> Gemma 3
+    270M (base, GEMMA_BASE prompt layout), trained by train_connector like `mini`. Everything
+    about the model is in its connector folder's config; only the default folder differs."""
+
+    name = "mini-gemma"
+    default_model_id = portable(WEIGHTS_DIR / "mini-gemma")

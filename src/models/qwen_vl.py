@@ -31,12 +31,7 @@ class QwenImagePreprocessor(HFPreprocessor):
         vis = dict(self.image_processor(images=images, return_tensors="pt"))
         if prompt is None:
             return vis
-        messages = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
-        ]
-        text = self.tokenizer.apply_chat_template(
-            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
-        )
+        text = self.prompt_text(prompt)
         if text.count(IMAGE_PAD) != 1:
             raise ValueError(f"the chat template must place one {IMAGE_PAD} per image")
         merge = self.image_processor.merge_size**2
@@ -50,6 +45,17 @@ class QwenImagePreprocessor(HFPreprocessor):
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def prompt_text(self, prompt: str) -> str:
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
+        ]
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
+        )
+
+    def text_tokenizer(self) -> Any:
+        return self.tokenizer
 
 
 def _processor_chat_template(model_id: str, kw: dict[str, Any]) -> str | None:
@@ -73,6 +79,9 @@ class QwenMergerAdapter(HFAdapter):
 
     hook_point = "model.visual.merger"
     vision_keys = ("pixel_values", "image_grid_thw")
+    # the image between its start and end markers: the text-only control drops all three
+    image_marker = "<|vision_start|><|image_pad|><|vision_end|>"
+    token_keys = ("mm_token_type_ids",)
 
     @classmethod
     def build_preprocessor(cls, model_id: str, kw: dict[str, Any]) -> Preprocessor:

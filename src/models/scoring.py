@@ -52,6 +52,13 @@ class ScoringConfig:
             "one its manifests name); lower fits better"
         },
     )
+    nll_vec_root: Path | None = field(
+        default=None,
+        metadata={
+            "help": "instead of --nll_vec_dir: a folder of <model>/ vector folders (data/vector), "
+            "so each table's captions get their NLL under the model that wrote them"
+        },
+    )
     nll_model: str | None = field(
         default=None, metadata={"help": "mini connector folder for the NLL (checked)"}
     )
@@ -68,14 +75,24 @@ class Scorers:
         clip = self.clip.describe() if self.clip else {"clipscore_model": None}
         return {**self.bert.describe(), **clip}
 
-    def image_text(self, df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-        """The image-text scores that are configured: CLIPScore, the NLL under mini."""
+    def nll_vec_dir(self, model: str | None) -> Path | None:
+        """The vectors whose model scores the NLL of `model`'s captions (None: no NLL)."""
+        if self.cfg.nll_vec_root is not None and model is not None:
+            return self.cfg.nll_vec_root / model if scores_nll(model) else None
+        return self.cfg.nll_vec_dir
+
+    def image_text(
+        self, df: pd.DataFrame, columns: list[str], model: str | None = None
+    ) -> pd.DataFrame:
+        """The image-text scores that are configured: CLIPScore, the NLL under the offline VLM
+        that made the vectors (`model`'s own with --nll_vec_root)."""
         if self.clip is not None:
             assert self.cfg.image_dir is not None  # build_scorers checked it
             df = clip_scores(df, columns, self.clip, table_images(df, self.cfg.image_dir))
-        if self.cfg.nll_vec_dir is not None:
-            adapter = nll_model(self.cfg.nll_vec_dir, self.cfg.nll_model, self.cfg.device)
-            post = stored_post(self.cfg.nll_vec_dir, sorted(df["shard"].unique()))
+        vec_dir = self.nll_vec_dir(model)
+        if vec_dir is not None:
+            adapter = nll_model(vec_dir, self.cfg.nll_model, self.cfg.device)
+            post = stored_post(vec_dir, sorted(df["shard"].unique()))
             df = nll_scores(df, columns, post, adapter, self.cfg.seed)
         return df
 
@@ -131,10 +148,26 @@ def stored_post(vec_dir: Path, shards: list[str]) -> dict[tuple[str, str], torch
     return post
 
 
+def scores_nll(model: str) -> bool:
+    """Whether the NLL score applies to a registered model's captions: it continues the model's
+    own LM from stored E_post, which a connector VLM (a MiniAdapter: mini, mini-gemma) can do."""
+    from src.models import adapter_class
+    from src.models.mini import MiniAdapter
+
+    return issubclass(adapter_class(model), MiniAdapter)
+
+
 @cache
 def nll_model(vec_dir: Path, model_id: str | None, device: str):
-    """The `mini` that made the vectors, loaded once per process (score_perturb scores one
-    table per model and mode)."""
+    """The offline VLM (`mini`, `mini-gemma`: a MiniAdapter) that made the vectors, loaded once
+    per process (score_perturb scores one table per model and mode)."""
     from src.models import load_for_vectors
+    from src.models.mini import MiniAdapter
 
-    return load_for_vectors(vec_dir, model="mini", vlm_id=model_id, device=device)[0]
+    adapter = load_for_vectors(vec_dir, vlm_id=model_id, device=device)[0]
+    if not isinstance(adapter, MiniAdapter):
+        raise UserError(
+            f"the NLL score needs a connector VLM such as mini (it continues the LM from stored "
+            f"E_post), but {vec_dir} was made by {adapter.name!r}"
+        )
+    return adapter

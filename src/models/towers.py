@@ -73,6 +73,10 @@ class SquareResize:
 # while remember_pooled_features() is active; None: off (the default, a stage run on its own).
 _POOLED: OrderedDict[bytes, torch.Tensor] | None = None
 _POOLED_LIMIT = 50_000
+# Token grids (grid*grid, 1280) by (input key, grid), kept in the same block: `mini-gemma` has
+# mini's tower, so its E_pre is the same computation on the same pixels. Bounded in bytes.
+_TOKENS: OrderedDict[tuple[bytes, int], torch.Tensor] | None = None
+_TOKENS_LIMIT_BYTES = 512 * 2**20
 
 
 @contextlib.contextmanager
@@ -83,23 +87,26 @@ def remember_pooled_features(max_images: int = 50_000) -> Iterator[None]:
 
     The main job uses it: extraction runs the network over every image for E_pre, and the
     efficientnet-lite0 reference, its global average pool, then ran the same network over the
-    same pixels again (85 s of 906 in the issue's profile). The reference cannot be derived from
+    same pixels again (85 s of 906 in the issue's profile). Likewise a second VLM on the same tower
+    (`mini-gemma`) gets each batch's token grid back instead of running the network again (about
+    100 s of the sample study), all-or-nothing per batch. The reference cannot be derived from
     the stored E_pre: its 4 x 4 adaptive pool of the 7 x 7 map has overlapping bins, so the mean
     of its tokens is not the global average (cosine 0.985 on the sample). A recorded vector is
     the same computation on the same input (the key is a hash of the exact pixel tensor, its
     dtype and the weights file), so the reference stays what it is; the stages batch alike (32
     images, chunks of 400), so the values are the same to the bit. Bounded (least recently used
-    dropped), about 5 KB an image.
+    dropped), about 5 KB an image for the pooled vector, 80 KB for a 4 x 4 token grid (at most
+    512 MB of grids).
     """
-    global _POOLED, _POOLED_LIMIT
+    global _POOLED, _POOLED_LIMIT, _TOKENS
     if _POOLED is not None:  # nested: the outer block's record serves
         yield
         return
-    _POOLED, _POOLED_LIMIT = OrderedDict(), max_images
+    _POOLED, _POOLED_LIMIT, _TOKENS = OrderedDict(), max_images, OrderedDict()
     try:
         yield
     finally:
-        _POOLED = None
+        _POOLED = _TOKENS = None
 
 
 class EfficientNetTokens(torch.nn.Module):
@@ -167,13 +174,27 @@ class EfficientNetTokens(torch.nn.Module):
             self._remember([keys[i] for i in missing], fresh)
         return torch.stack([_POOLED[k] for k in keys]).to(pixel_values.device)
 
+    def _remember_tokens(self, keys: list[bytes], tokens: torch.Tensor) -> None:
+        assert _TOKENS is not None
+        for k, v in zip(keys, tokens.detach().cpu(), strict=True):
+            _TOKENS[(k, self.grid)] = v.clone()
+            _TOKENS.move_to_end((k, self.grid))
+        while _TOKENS and len(_TOKENS) * v.numel() * v.element_size() > _TOKENS_LIMIT_BYTES:
+            _TOKENS.popitem(last=False)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        keys = self._keys(pixel_values) if _POOLED is not None else []
+        if _TOKENS is not None and all((k, self.grid) in _TOKENS for k in keys):
+            return torch.stack([_TOKENS[(k, self.grid)] for k in keys]).to(pixel_values.device)
         fmap = self.features(pixel_values)  # (B, 1280, 7, 7)
         if _POOLED is not None:
-            self._remember(self._keys(pixel_values), self._global_pool(fmap))
+            self._remember(keys, self._global_pool(fmap))
         if self.grid != fmap.shape[-1]:
             fmap = F.adaptive_avg_pool2d(fmap, self.grid)
-        return fmap.flatten(2).transpose(1, 2)  # (B, grid*grid, 1280)
+        tokens = fmap.flatten(2).transpose(1, 2)  # (B, grid*grid, 1280)
+        if _TOKENS is not None:
+            self._remember_tokens(keys, tokens)
+        return tokens
 
 
 def cache_root() -> Path:

@@ -69,7 +69,7 @@ def _errorbar(ax: Axes, x, mean, lo, hi, label: str, **kw):
     """Points with asymmetric CI bars; the container carries `label` (tests look it up)."""
     mean, lo, hi = (np.asarray(v, dtype=float) for v in (mean, lo, hi))
     yerr = np.vstack([mean - lo, hi - mean])
-    return ax.errorbar(x, mean, yerr=yerr, label=label, capsize=3, marker="o", **kw)
+    return ax.errorbar(x, mean, yerr=yerr, label=label, capsize=3, **{"marker": "o", **kw})
 
 
 def _legend_below(ax: Axes, ncol: int = 2) -> None:
@@ -328,7 +328,9 @@ def caption_recon_plot(results: Path, models: list[str] | None = None) -> Plot:
     rows = []
     panels = [("bertscore", "BERTScore F1 vs reference caption", "bertscore_caption_{}_ref")]
     if has_nll:
-        panels.append(("nll", "caption NLL under mini given the image", "mini_nll_caption_{}"))
+        panels.append(
+            ("nll", "caption NLL under its own model given the image", "mini_nll_caption_{}")
+        )
     sources = (("post", "from E_post"), ("recon", "from reconstruction"))
     for ax, (panel, ylabel, pattern) in zip((axes[0], *axes[2:]), panels, strict=True):
         width = 0.8 / len(sources)
@@ -551,7 +553,7 @@ def perturb_plot(results: Path, mode: str, models: list[str] | None = None) -> P
     models = models or sorted(summary["model"].unique())
     panels = [("bertscore_vs_original", "BERTScore F1 vs unperturbed caption", "BERTScore")]
     if (summary["score"] == "mini_nll_caption").any():
-        panels.append(("mini_nll_caption", "caption NLL under mini, clean image", "NLL"))
+        panels.append(("mini_nll_caption", "caption NLL under its own model, clean image", "NLL"))
     panels.append(("caption_changed", "share of captions that changed", "changed captions"))
     fig = _new_figure(1, len(panels), width=5.0)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -642,6 +644,8 @@ def all_plots(results: Path, models: list[str] | None = None) -> list[tuple[str,
     for mode in tables.perturb_modes(results):
         makers.append((f"perturb_{mode}", lambda mode=mode: perturb_plot(results, mode, models)))
     makers += importlib.import_module("src.reporting.kernel_figures").kernel_plots(results)
+    makers += importlib.import_module("src.reporting.sae_figures").makers(results, models)
+    makers += importlib.import_module("src.reporting.align_suite_figures").align_plots(results)
     from src.reporting.align_figures import align_plots  # (it imports this module)
 
     makers += align_plots(results)

@@ -18,6 +18,8 @@ from src.data.paths import (
     perturb_results_dir,
     recon_results_dir,
     recon_table,
+    sae_results_dir,
+    sae_table,
     scored_dir,
 )
 from src.errors import InputMissing
@@ -90,11 +92,13 @@ def perturb_rows(results: Path, model: str, mode: str) -> pd.DataFrame:
 
 
 def align_retrieval(results: Path) -> pd.DataFrame:
-    """train_align's held-out retrieval of every dual encoder (results/align/<name>/
+    """train_align's held-out retrieval of every dual encoder (results/contrastive/<name>/
     retrieval.csv), with a `name` column: radius, direction, metric, value, CI, chance, n."""
-    found = sorted((Path(results) / "align").glob("*/retrieval.csv"))
+    found = sorted((Path(results) / "contrastive").glob("*/retrieval.csv"))
     if not found:
-        raise MissingResults(f"no results/align/*/retrieval.csv in {results}: run train_align")
+        raise MissingResults(
+            f"no results/contrastive/*/retrieval.csv in {results}: run train_align"
+        )
     return pd.concat([_read(p, "src.train.train_align").assign(name=p.parent.name)
                       for p in found], ignore_index=True)  # fmt: skip
 
@@ -115,7 +119,17 @@ def input_tables(results: Path) -> list[Path]:
     tells whether a finished report is still up to date."""
     results = Path(results)
     found = []
-    for folder in ("knn", "recon", "captions", "perturb", "kernel_align", "align", "probe"):
+    for folder in (
+        "knn",
+        "recon",
+        "captions",
+        "perturb",
+        "kernel_align",
+        "sae",
+        "align",
+        "contrastive",
+        "probe",
+    ):
         for p in (results / folder).rglob("*"):
             if p.is_file() and p.suffix in (".csv", ".json") and p.name != "manifest.json":
                 found.append(p)
@@ -130,6 +144,15 @@ def perturb_modes(results: Path) -> list[str]:
         return []
 
 
+def align_table(results: Path, stage: str, name: str) -> pd.DataFrame:
+    """One of the alignment suite's tables: results/align/<stage>/<name>.csv (stage = compare,
+    coral, scores, e2e)."""
+    from src.data.paths import align_results_dir
+    from src.data.paths import align_table as path
+
+    return _read(path(align_results_dir(results) / stage, name), f"src.eval.align_{stage}")
+
+
 def kernel_align_table(results: Path, name: str) -> pd.DataFrame:
     """train_kernel_align's tables (history, fit, params, heldout) or compare_connectors'
     (connectors) under results/kernel_align."""
@@ -137,3 +160,16 @@ def kernel_align_table(results: Path, name: str) -> pd.DataFrame:
         "src.eval.compare_connectors" if name == "connectors" else "src.train.train_kernel_align"
     )
     return _read(kernel_table(kernel_results_dir(results), name), stage)
+
+
+def sae_models(results: Path, table: str = "sae_reconstruction") -> list[str]:
+    """Models with a table of the SAE stages: results/sae/<table>_<model>.csv."""
+    found = sae_results_dir(results).glob(f"{table}_*.csv")
+    return sorted(p.stem.removeprefix(f"{table}_") for p in found
+                  if not p.stem.removeprefix(f"{table}_").startswith("images_"))  # fmt: skip
+
+
+def sae_rows(results: Path, table: str, model: str) -> pd.DataFrame:
+    """sae_reconstruction's (layer, tokens, fvu, l0, dead_share, delta_nll + CIs) or
+    sae_semantic's (layer, measure, own, chance, diff + CIs) table of one model."""
+    return _read(sae_table(sae_results_dir(results), table, model), f"src.eval.{table}")

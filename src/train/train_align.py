@@ -16,7 +16,7 @@ from pathlib import Path
 
 from src.cli import add_fields, command_line, from_args
 from src.data.io import MANIFEST_NAME
-from src.data.paths import align_dir, align_results_dir
+from src.data.paths import align_dir, contrastive_results_dir
 from src.models.align_fit import AlignData, AlignTrain, build_pairs, train_adapters, write_outputs
 from src.models.dual_encoder import AlignArch, DualEncoderConfig
 from src.runtime import add_runtime_args, resolve_device, resolve_dtype
@@ -47,7 +47,7 @@ def _out(a: argparse.Namespace) -> Path:
 
 
 def _tables(a: argparse.Namespace) -> Path:
-    return align_results_dir(a.results, a.name)
+    return contrastive_results_dir(a.results, a.name)
 
 
 def run(args: argparse.Namespace) -> int:
