@@ -31,6 +31,7 @@ from src.eval import (
     compare_connectors,
     eval_captions,
     eval_perturb,
+    eval_probe,
     eval_recon,
     sae_reconstruction,
     sae_semantic,
@@ -42,7 +43,7 @@ from src.models.reference import preferred_dtype
 from src.models.towers import remember_pooled_features
 from src.plot import embedding_maps, report
 from src.runtime import csv_list
-from src.train import export_recon, train_kernel_align, train_recon, train_sae
+from src.train import export_recon, train_align, train_kernel_align, train_recon, train_sae
 
 Step = tuple[str, Callable[[list[str]], int], list[str]]
 
@@ -112,6 +113,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kernel_n", type=int, default=128, help="kernel alignment: train images")
     p.add_argument("--kernel_steps", type=int, default=60, help="kernel alignment: steps")
+    p.add_argument("--align_epochs", type=int, default=30, help="train_align's epochs")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--num_workers", type=int, help="decode workers (default: automatic)")
@@ -243,6 +245,25 @@ def sae_steps(args: argparse.Namespace) -> list[Step]:
     return steps
 
 
+def align_steps(args: argparse.Namespace) -> list[Step]:
+    """Seed E phase 1 on the offline default: a dual encoder (EfficientNet-Lite0 + MiniLM
+    adapters, on the pooled features the efficientnet-lite0 reference step cached) and
+    eval_probe of it (zero-shot, linear probe of the tower and of the joint space, retrieval)."""
+    name = "efficientnet-lite0_minilm"
+    images, dual = args.data / "sample", args.data / "align" / name
+    cache = args.data / "clip_ref" / "efficientnet-lite0"
+    common = dict(device=args.device, skip_existing=True, no_progress=args.no_progress)
+    return [
+        ("dual encoder (train_align)", train_align.main,
+         flags(root=images, name=name, out_dir=dual, results=args.results, vision_cache=cache,
+               epochs=args.align_epochs, **common)),
+        ("probe the dual encoder (eval_probe)", eval_probe.main,
+         flags(root=images, name=name, vision=f"efficientnet-lite0,{dual}", text=dual,
+               results=args.results, cache_dir=args.data / "probe_cache",
+               vision_cache=f"efficientnet-lite0={cache}", **common)),
+    ]  # fmt: skip
+
+
 def plan(args: argparse.Namespace) -> list[Step]:
     """The steps of the sample study, each a stage's main() and its argv."""
     data, images = args.data, args.data / "sample"
@@ -317,6 +338,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
     steps += kernel_steps(args)
     steps += sae_steps(args)
     steps += align_suite_steps(args)
+    steps += align_steps(args)
     steps.append(("figures and report", report.main,
                   flags(results=args.results, figures=args.figures, out=args.results,
                         skip_existing=True)))  # fmt: skip

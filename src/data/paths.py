@@ -98,6 +98,12 @@ def connector_feature_dir(work_dir: Path, vision: str, grid: int, shard: str) ->
     return Path(work_dir) / "features" / f"{vision.replace('/', '--')}_g{grid}" / shard
 
 
+def align_dir(root: Path, name: str) -> Path:
+    """data/align/<name>: a trained dual encoder (dual_encoder.safetensors + .json, checkpoint,
+    feature caches, manifest)."""
+    return Path(root) / name
+
+
 # Result tables (results/ or a committed copy such as sample/results): stages write them, plots
 # read them, both through these.
 
@@ -190,6 +196,17 @@ def imported_files(shard_dir: Path, row: int) -> tuple[Path, Path]:
     so a key names the dataset row it came from whatever the shard size."""
     stem = Path(shard_dir) / f"row_{row:09d}"
     return stem.with_suffix(".jpg"), stem.with_suffix(".txt")
+
+
+def contrastive_results_dir(results: Path, name: str) -> Path:
+    """results/contrastive/<name>: train_align's held-out tables (retrieval.csv, history.csv)."""
+    return Path(results) / "contrastive" / name
+
+
+def probe_results_dir(results: Path, name: str) -> Path:
+    """results/probe/<name>: eval_probe's tables (zero_shot.csv, linear_probe.csv,
+    retrieval.csv, summary.json)."""
+    return Path(results) / "probe" / name
 
 
 def align_results_dir(results: Path) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -83,6 +85,26 @@ def bootstrap_spearman(
     else:
         lo = hi = float("nan")
     return {"rho": rho, "ci_low": lo, "ci_high": hi, "ci_level": level, "n": n}
+
+
+def bootstrap_statistic(
+    statistic: Callable[[torch.Tensor], float],
+    n: int,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of a statistic that is not a mean of per-item values (mean
+    per-class recall, say): statistic(idx) scores a resample given as indices (n,) into the
+    n items. Resamples where it is NaN are dropped."""
+    g = torch.Generator().manual_seed(seed)
+    draws = [statistic(torch.randint(n, (n,), generator=g)) for _ in range(n_boot)]
+    kept = torch.tensor([d for d in draws if d == d], dtype=torch.float64)
+    if kept.numel() == 0:
+        return float("nan"), float("nan")
+    alpha = (1 - level) / 2
+    q = torch.quantile(kept, torch.tensor([alpha, 1 - alpha], dtype=torch.float64))
+    return float(q[0]), float(q[1])
 
 
 def derangement(n: int, seed: int = 0) -> torch.Tensor:

@@ -28,8 +28,9 @@ class ConnectorArch:
     vision: str = field(
         default="efficientnet-lite0",
         metadata={
-            "help": "efficientnet-lite0 or craft-vgg16 (offline) or a hub id/path of a "
-            "CLIP/SigLIP/DINOv2 tower"
+            "help": "efficientnet-lite0 or craft-vgg16 (offline), a train_align dual encoder "
+            "folder (its image side: one joint-space vector; pair with --prefix_tokens) or a "
+            "hub id/path of a CLIP/SigLIP/DINOv2 tower"
         },
     )
     lm: str = field(
@@ -41,6 +42,13 @@ class ConnectorArch:
     )
     prompt: str = field(
         default="Describe the image.", metadata={"help": "the instruction after the image"}
+    )
+    prefix_tokens: int = field(
+        default=0,
+        metadata={
+            "help": "0: one LM token per vision token; N: the mean-pooled vision vector mapped "
+            "to N prefix tokens by the MLP (seed E: 8, on the aligned encoder's one vector)"
+        },
     )
 
 
@@ -56,6 +64,8 @@ class ConnectorConfig(ConnectorArch):
 
 class MLPConnector(torch.nn.Module):
     """(..., in_dim) -> (..., out_dim): Linear, then (GELU, Linear) x (num_layers - 1).
+    With prefix_tokens N: (B, T, in_dim) -> mean over T -> MLP -> (B, N, out_dim), its last
+    Linear N * out_dim wide (one pooled vector becomes N prefix tokens).
 
     No LayerNorm: trained against a frozen LM, the output settles at the LM's embedding scale.
     """
@@ -63,7 +73,8 @@ class MLPConnector(torch.nn.Module):
     def __init__(self, config: ConnectorConfig) -> None:
         super().__init__()
         self.config = config
-        dims = [config.in_dim] + [config.hidden_dim] * (config.num_layers - 1) + [config.out_dim]
+        out = config.out_dim * max(1, config.prefix_tokens)
+        dims = [config.in_dim] + [config.hidden_dim] * (config.num_layers - 1) + [out]
         layers: list[torch.nn.Module] = []
         for i, (a, b) in enumerate(itertools.pairwise(dims)):
             if i:
@@ -72,7 +83,10 @@ class MLPConnector(torch.nn.Module):
         self.mlp = torch.nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(x)
+        n = self.config.prefix_tokens
+        if not n:
+            return self.mlp(x)
+        return self.mlp(x.mean(-2)).unflatten(-1, (n, self.config.out_dim))  # (B, N, out_dim)
 
 
 def save_connector(connector: MLPConnector, folder: Path) -> Path:

@@ -91,10 +91,52 @@ OFFLINE_TOWERS: dict[str, Callable[[int], tuple[torch.nn.Module, Any]]] = {
 }
 
 
+class AlignedTower(torch.nn.Module):
+    """A train_align dual encoder's image side as a tower: (B, 3, H, W) -> (B, 1, d_align), the
+    unit joint-space vector of its frozen tower + image adapter (seed E, phase 2)."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        from src.models.dual_encoder import load_dual_encoder
+
+        self.dual = load_dual_encoder(folder)
+        self.adapters = self.dual.adapters  # registered, so .to() moves it
+        ref = self.dual.vision_tower
+        self.frozen = torch.nn.ModuleList(
+            m for m in vars(ref).values() if isinstance(m, torch.nn.Module)
+        )
+        self.dim = self.dual.config.d_align
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.dual.encode_image(pixel_values.float())[:, None]
+
+
+def _aligned_tower(folder: Path, _grid: int) -> tuple[torch.nn.Module, Any]:
+    tower = AlignedTower(folder)
+    return tower, PixelsOnly(tower.dual.preprocessor)
+
+
+class PixelsOnly:
+    """A reference preprocessor's pixel tensor: images -> (B, 3, H, W)."""
+
+    def __init__(self, preprocess: Any) -> None:
+        self.preprocess = preprocess
+
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.preprocess(images)["pixel_values"]
+
+
+# Folders usable as a tower, by the file that marks them: (folder, grid) -> (tower, transform).
+FOLDER_TOWERS: dict[str, Callable[[Path, int], tuple[torch.nn.Module, Any]]] = {
+    "dual_encoder.json": _aligned_tower,  # train_align's output: one joint-space vector
+}
+
+
 def build_vision(
     config: ConnectorConfig, *, trust_remote_code: bool = False
 ) -> tuple[torch.nn.Module, Any]:
-    """(tower, image transform) for the vision name a connector config records."""
+    """(tower, image transform) for the vision name a connector config records: an offline
+    tower, a folder FOLDER_TOWERS knows, else a hub id or path."""
     if config.vision in OFFLINE_TOWERS:
         return OFFLINE_TOWERS[config.vision](config.grid)
     folder = local_path(config.vision)
@@ -105,6 +147,9 @@ def build_vision(
                                 trust_remote_code=trust_remote_code)  # fmt: skip
 
         return load_tower_folder(folder, config.grid, base)
+    for marker, build in FOLDER_TOWERS.items():
+        if (local_path(config.vision) / marker).is_file():
+            return build(local_path(config.vision), config.grid)
     tower = HFVisionTokens(config.vision, trust_remote_code=trust_remote_code)
     return tower, HFImagePreprocessor(config.vision)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -355,6 +356,47 @@ OFFLINE_REFERENCES: dict[str, type[ReferenceEncoder]] = {
 }
 
 
+def _dual_encoder_images(
+    folder: Path, device: torch.device, dtype: torch.dtype, pool: RefPool
+) -> ReferenceEncoder:
+    from src.models.dual_encoder import DualImageReference
+
+    return DualImageReference(folder, device, dtype, pool)
+
+
+class TowerFolderReference(ReferenceEncoder):
+    """A fine-tuned tower folder (train_kernel_align: a base tower + the weights it changed),
+    the mean of its tokens (7 x 7 grid for the offline CNNs: their global average pool)."""
+
+    def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, pool: RefPool):
+        super().__init__(device, dtype, pool)
+        from src.models.connector import ConnectorConfig
+        from src.models.mini import build_vision
+
+        self.name = str(folder)
+        cfg = ConnectorConfig(vision=str(folder), grid=7, in_dim=1, out_dim=1, hidden_dim=1)
+        net, self.transform = build_vision(cfg)
+        self.net = net.to(device, dtype).eval()
+
+    @property
+    def preprocessor(self) -> ImageOnly:
+        return ImageOnly(self.transform)
+
+    @torch.no_grad()
+    def encode(self, inputs: dict[str, Any], items: list[LoadedImage]) -> torch.Tensor:
+        return self.net(inputs["pixel_values"].to(self.device, self.dtype)).float().mean(1)
+
+
+# Folders holding a trained image encoder, by the file that marks them: marker -> loader. Any
+# other folder is a hub-format CLIP / SigLIP / DINOv2 save (HFReference).
+FOLDER_REFERENCES: dict[
+    str, Callable[[Path, torch.device, torch.dtype, RefPool], ReferenceEncoder]
+] = {
+    "dual_encoder.json": _dual_encoder_images,  # train_align: its image side, joint space
+    "tower.json": TowerFolderReference,  # train_kernel_align: a fine-tuned tower
+}
+
+
 def preferred_dtype(model_id: str) -> str:
     """The --dtype the main job gives extract_clip for a reference: the offline reference's own
     choice, 'auto' for a hub id or path."""
@@ -371,9 +413,13 @@ def load_reference(
     revision: str | None = None,
     trust_remote_code: bool = False,
 ) -> ReferenceEncoder:
-    """An offline reference by name, else a hub image encoder (VISION_FAMILIES) by id or path."""
+    """An offline reference by name, a folder FOLDER_REFERENCES knows, else a hub image
+    encoder (VISION_FAMILIES) by id or path."""
     if model_id in OFFLINE_REFERENCES:
         return OFFLINE_REFERENCES[model_id](device, dtype, pool)
+    for marker, loader in FOLDER_REFERENCES.items():
+        if (Path(model_id) / marker).is_file():
+            return loader(Path(model_id), device, dtype, pool)
     return HFReference(
         model_id, device, dtype, pool, revision=revision, trust_remote_code=trust_remote_code
     )

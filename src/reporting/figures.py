@@ -647,4 +647,7 @@ def all_plots(results: Path, models: list[str] | None = None) -> list[tuple[str,
     makers += importlib.import_module("src.reporting.kernel_figures").kernel_plots(results)
     makers += importlib.import_module("src.reporting.sae_figures").makers(results, models)
     makers += importlib.import_module("src.reporting.align_suite_figures").align_plots(results)
+    from src.reporting.align_figures import align_plots  # (it imports this module)
+
+    makers += align_plots(results)
     return makers

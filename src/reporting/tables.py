@@ -104,12 +104,45 @@ def embedding_maps_table(results: Path, name: str) -> pd.DataFrame:
     return _read(align_table(embedding_maps_dir(results), name), "src.plot.embedding_maps")
 
 
+def align_retrieval(results: Path) -> pd.DataFrame:
+    """train_align's held-out retrieval of every dual encoder (results/contrastive/<name>/
+    retrieval.csv), with a `name` column: radius, direction, metric, value, CI, chance, n."""
+    found = sorted((Path(results) / "contrastive").glob("*/retrieval.csv"))
+    if not found:
+        raise MissingResults(
+            f"no results/contrastive/*/retrieval.csv in {results}: run train_align"
+        )
+    return pd.concat([_read(p, "src.train.train_align").assign(name=p.parent.name)
+                      for p in found], ignore_index=True)  # fmt: skip
+
+
+def probe_table(results: Path, table: str) -> pd.DataFrame:
+    """One eval_probe table (zero_shot, linear_probe, retrieval) of every probe run, with a
+    `name` column; empty when there is none (a run without a text tower has no zero-shot)."""
+    found = sorted((Path(results) / "probe").glob(f"*/{table}.csv"))
+    if not found:
+        raise MissingResults(f"no results/probe/*/{table}.csv in {results}: run eval_probe")
+    parts = [_read(p, "src.eval.eval_probe").assign(name=p.parent.name) for p in found
+             if p.stat().st_size > 1]  # fmt: skip
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
 def input_tables(results: Path) -> list[Path]:
     """Every table the figures and the summary may read (manifests aside): their fingerprint
     tells whether a finished report is still up to date."""
     results = Path(results)
     found = []
-    for folder in ("knn", "recon", "captions", "perturb", "kernel_align", "sae", "align"):
+    for folder in (
+        "knn",
+        "recon",
+        "captions",
+        "perturb",
+        "kernel_align",
+        "sae",
+        "align",
+        "contrastive",
+        "probe",
+    ):
         for p in (results / folder).rglob("*"):
             if p.is_file() and p.suffix in (".csv", ".json") and p.name != "manifest.json":
                 found.append(p)
