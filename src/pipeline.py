@@ -16,6 +16,7 @@ from pathlib import Path
 from src.data.io import read_manifest
 from src.data.paths import (
     align_speed_dir,
+    attention_maps_dir,
     captions_results_dir,
     embedding_maps_dir,
     kernel_results_dir,
@@ -41,7 +42,7 @@ from src.eval import (
 from src.extract import cache_activations, extract_clip, extract_knn, extract_vectors, make_sample
 from src.models.reference import preferred_dtype
 from src.models.towers import remember_pooled_features
-from src.plot import embedding_maps, report
+from src.plot import attention_maps, embedding_maps, report
 from src.runtime import csv_list
 from src.train import export_recon, train_align, train_kernel_align, train_recon, train_sae
 
@@ -245,6 +246,9 @@ def sae_steps(args: argparse.Namespace) -> list[Step]:
     return steps
 
 
+ATTENTION_TEXTS = ["a blue circle", "a white square", "a cup of coffee"]
+
+
 def align_steps(args: argparse.Namespace) -> list[Step]:
     """Seed E phase 1 on the offline default: a dual encoder (EfficientNet-Lite0 + MiniLM
     adapters, on the pooled features the efficientnet-lite0 reference step cached) and
@@ -261,6 +265,12 @@ def align_steps(args: argparse.Namespace) -> list[Step]:
          flags(root=images, name=name, vision=f"efficientnet-lite0,{dual}", text=dual,
                results=args.results, cache_dir=args.data / "probe_cache",
                vision_cache=f"efficientnet-lite0={cache}", **common)),
+        # seed A's attention maps, in the joint space this dual encoder just made
+        ("attention maps", attention_maps.main,
+         flags(image=[images / "synth_03" / "scene_001500.jpg",
+                      images / "synth_03" / "scene_001501.jpg", images / "photos" / "coffee.jpg"],
+               text=ATTENTION_TEXTS, model_id=dual, out_dir=attention_maps_dir(args.results),
+               device=args.device, skip_existing=True)),
     ]  # fmt: skip
 
 

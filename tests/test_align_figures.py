@@ -43,5 +43,5 @@ def test_align_figures_plot_their_tables(tmp_path):
     assert len(probe.data) == 2 + 2 * 2  # families x (1 joint model + 2 towers)
     assert (probe.data.chance == 0.25).all() and (probe.data.majority == 0.3).all()
     names = [n for n, _ in all_plots(tmp_path)]
-    assert {"align_retrieval", "probe_accuracy"} <= set(names)
+    assert {"contrastive_retrieval", "probe_accuracy"} <= set(names)
     assert tmp_path / "contrastive" / "x" / "retrieval.csv" in tables.input_tables(tmp_path)

@@ -162,3 +162,29 @@ def test_stage_on_a_tiny_clip_folder(tmp_path, clip, monkeypatch):
     assert t.left.min() == pytest.approx(20) and t.right.max() == pytest.approx(60)
     assert t.top.min() == 0 and t.bottom.max() == pytest.approx(40)
     assert (out / "wide_0.png").exists() and (out / "wide_1.png").exists()
+
+
+def test_dual_encoder_joint_space_is_its_adapters_on_the_pooled_tower_grid(tmp_path):
+    """A train_align folder is a joint space: its 7 x 7 token grid averages to exactly the pooled
+    vector the image adapter was trained on, and each patch is that adapter on one cell."""
+    from src.models.dual_encoder import DualAdapters, DualEncoderConfig, save_dual
+    from src.models.joint_space import Box, DualJoint
+    from src.models.reference import load_reference
+
+    torch.manual_seed(0)
+    cfg = DualEncoderConfig(d_vision=1280, d_text=384, d_align=32, hidden_dim=16, radii=[32])
+    folder = tmp_path / "dual"
+    save_dual(DualAdapters(cfg).eval(), folder)
+    space = load_joint_space(str(folder), torch.device("cpu"), torch.float32)
+    assert isinstance(space, DualJoint)
+    im = Image.fromarray((np.random.default_rng(0).random((90, 140, 3)) * 255).astype(np.uint8))
+    pixels = space.preprocess([im])
+    grid = space.tower(pixels)  # (1, 49, 1280)
+    pooled = load_reference("efficientnet-lite0", device=torch.device("cpu"), dtype=torch.float32)
+    ref = pooled.encode(pooled.preprocessor([im]), [])
+    torch.testing.assert_close(grid.mean(1), ref, rtol=1e-4, atol=1e-5)
+    patches = space.patch_embeddings(pixels)  # (1, 7, 7, 32)
+    assert patches.shape == (1, 7, 7, 32)
+    cell = space.dual.encode_image(grid[:, 10])  # row 1, col 3
+    torch.testing.assert_close(patches[0, 1, 3], cell[0])
+    assert space.view_box(140, 90) == Box(0.0, 0.0, 140.0, 90.0)

@@ -18,6 +18,7 @@ class Tab:
     plots: tuple[str, ...]  # figure names, or fnmatch patterns over them ("perturb_*")
     live: bool = False  # the live-perturbation panel goes below the figures
     needs: str = ""  # the stage whose tables a pattern that matches nothing is waiting for
+    images: str = ""  # a glob under the results folder of pictures a stage drew (overlays)
 
 
 STUDY_TABS: tuple[Tab, ...] = (
@@ -38,9 +39,10 @@ SEED_A_TABS: tuple[Tab, ...] = (
     Tab("Inference Speed", "Latency p50/p95, throughput and peak memory net of the weights per "
         "encoder, LLM and projector and batch size (`align_speed`).", ("align_speed",),
         needs="src.eval.align_speed"),
-    Tab("Attention Maps", "Patch-text similarity in a joint image-text space, overlaid where "
-        "the processor cropped (`attention_maps`).", ("attention_*",),
-        needs="src.plot.attention_maps"),
+    Tab("Attention Maps", "Patch-text similarity in a joint image-text space (offline: the "
+        "`train_align` dual encoder; CLIP / SigLIP by id), overlaid on the part of the image the "
+        "processor kept (`attention_maps`).", (), needs="src.plot.attention_maps",
+        images="align/attention_maps/*.png"),
     Tab("Alignment Analysis", "CKA between vision and caption embeddings (biased and unbiased "
         "linear, RBF), encoders x LLMs x layers, with CIs and the shuffled-pairing null.",
         ("align_cka",)),

@@ -43,6 +43,18 @@ def _figure(shown: Shown, downloads: Path) -> None:
         gr.DownloadButton(f"download {csv.name}", value=str(csv))
 
 
+def _pictures(results: Path, tab: Tab) -> None:
+    """The pictures a stage drew (tab.images under results), or what to run to get them."""
+    found = sorted(Path(results).glob(tab.images))
+    if not found:
+        gr.Markdown(f"**not available.** no {html.escape(tab.images)} under "
+                    f"{html.escape(str(results))}: run {tab.needs}",
+                    elem_classes=["missing"])  # fmt: skip
+        return
+    gr.Gallery([str(p) for p in found], columns=3, height="auto", label=tab.title,
+               elem_id="pictures")  # fmt: skip
+
+
 def _live_panel(gallery: dict[str, Choice], perturber: LivePerturber) -> None:
     """Pick or upload an image, choose a perturbation and a level, caption both E_post."""
     gr.Markdown("## Live perturbation")
@@ -128,6 +140,8 @@ def build_app(
                 gr.Markdown(tab.intro)
                 for shown in tab_figures(results, tab):
                     _figure(shown, downloads)
+                if tab.images:
+                    _pictures(results, tab)
                 if tab.live:
                     _live_panel(gallery, perturber)
     return demo

@@ -14,14 +14,22 @@ TEXT, the text embedding in that space, and where in the original image its inpu
           applied to SigLIP's head; the similarity of a patch is its cosine to the text
           embedding (get_text_features), the quantity SigLIP's sigmoid logit scales.
 
-Offline: OFFLINE_JOINT_SPACES holds the dual encoders that ship with the project. It is empty
-until the alignment-training stage (train_align, issue 14) lands: an offline run then says so.
+  dual    a train_align dual encoder folder (offline: EfficientNet-Lite0 + MiniLM adapters): the
+          tower's token grid (the feature map before its global pool, whose mean IS the pooled
+          vector the adapter was trained on) through the image adapter token by token, so a
+          patch lands where the image would if it were that cell alone (the same value-path
+          reading as SigLIP's); text through the text adapter. The tower resizes the whole
+          image to a square, so the view box is the whole image.
+
+Offline there is no fixed install: the main job trains the dual encoder (data/align/<name>) and
+passes its folder as --model_id; without one an offline run says so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -165,13 +173,46 @@ JOINT_FAMILIES: dict[str, type[_HFJoint]] = {
     "siglip": SiglipJoint,
     "siglip2": SiglipJoint,
 }
-# Offline dual encoders by name -> loader(device, dtype). train_align (issue 14) registers its
-# dual encoder here when it lands; until then there is no offline joint image-text space.
+class DualJoint:
+    """A train_align dual encoder folder as a JointSpace (see the module docstring)."""
+
+    method = "tower token grid through the image adapter, token by token"
+
+    def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype) -> None:
+        from src.models.dual_encoder import load_dual_encoder
+        from src.models.mini import OFFLINE_TOWERS
+
+        self.dual = load_dual_encoder(folder, device=device, dtype=dtype)
+        vision = self.dual.config.vision
+        if vision not in OFFLINE_TOWERS:
+            raise UserError(f"{folder}: its vision tower {vision!r} has no offline token grid")
+        tower, self.transform = OFFLINE_TOWERS[vision](TOKEN_GRID)
+        self.tower = tower.to(device=device, dtype=dtype).eval()
+        self.name, self.device, self.dtype = str(folder), device, dtype
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.transform(images)
+
+    def view_box(self, width: int, height: int) -> Box:
+        return Box(0.0, 0.0, float(width), float(height))  # squashed to a square, not cropped
+
+    @torch.no_grad()
+    def patch_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        tokens = self.tower(pixel_values.to(self.device, self.dtype))  # (B, g*g, D_v)
+        joint = self.dual.encode_image_tokens(tokens.float())  # (B, g*g, r)
+        return joint.reshape(tokens.shape[0], TOKEN_GRID, TOKEN_GRID, -1)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        return self.dual.encode_text(texts)
+
+
+TOKEN_GRID = 7  # EfficientNet-Lite0's 7 x 7 map at 224 px: its own resolution, nothing pooled
+# Offline dual encoders by name -> loader(device, dtype); a train_align folder is taken as is.
 OFFLINE_JOINT_SPACES: dict[str, Callable[[torch.device, torch.dtype], JointSpace]] = {}
 NO_OFFLINE_SPACE = (
-    "no joint image-text space is installed offline: the offline dual encoder (train_align, "
-    "issue 14) has not landed, and the offline encoders (EfficientNet-Lite0, CRAFT) have no "
-    "text side. Pass --model_id with a CLIP or SigLIP hub id or local path."
+    "no joint image-text space is installed offline: the offline encoders (EfficientNet-Lite0, "
+    "CRAFT) have no text side. Pass --model_id with a train_align dual-encoder folder (the main "
+    "job trains one in data/align/), or a CLIP or SigLIP hub id or local path."
 )
 
 
@@ -183,7 +224,12 @@ def load_joint_space(
     revision: str | None = None,
     trust_remote_code: bool = False,
 ) -> JointSpace:
-    """An offline dual encoder by name (None: the default one), else a hub CLIP / SigLIP."""
+    """An offline dual encoder by name (None: the default one), a train_align folder, else a hub
+    CLIP / SigLIP."""
+    from src.models.dual_encoder import is_dual_encoder
+
+    if model_id is not None and is_dual_encoder(model_id):
+        return DualJoint(Path(model_id), device, dtype)
     if model_id is None or model_id in OFFLINE_JOINT_SPACES:
         if not OFFLINE_JOINT_SPACES:
             raise UserError(NO_OFFLINE_SPACE)

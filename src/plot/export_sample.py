@@ -10,7 +10,7 @@ from pathlib import Path
 
 from src.data.io import MANIFEST_NAME
 from src.errors import UserError
-from src.reporting.tables import input_tables
+from src.reporting.tables import input_tables, pictures
 from src.stage import Stage
 
 
@@ -33,13 +33,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     files = [p for p in input_tables(args.results) if p.name not in args.exclude]
+    files += pictures(args.results)
     if not files:
         raise UserError(f"no result tables under {args.results} (--results)")
     files += sorted(
         {p.parent / MANIFEST_NAME for p in files if (p.parent / MANIFEST_NAME).exists()}
     )
     # Replace an earlier export's tables (so none goes stale) but touch nothing else in --out.
-    for old in input_tables(args.out):
+    for old in input_tables(args.out) + pictures(args.out):
         old.unlink()
         (old.parent / MANIFEST_NAME).unlink(missing_ok=True)
     for src in files:

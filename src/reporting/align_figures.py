@@ -42,7 +42,7 @@ def align_retrieval_plot(results: Path) -> Plot:
             ax.grid(alpha=0.3)
             _legend_below(ax, ncol=4)
     return Plot(
-        "align_retrieval",
+        "contrastive_retrieval",
         fig,
         pd.DataFrame(rows),
         "Dual encoder retrieval per MRL radius (held-out test split)",
@@ -103,6 +103,6 @@ def probe_plot(results: Path) -> Plot:
 def align_plots(results: Path) -> list[tuple[str, object]]:
     """(name, maker) of this part's figures, for src.reporting.figures.all_plots."""
     return [
-        ("align_retrieval", lambda: align_retrieval_plot(results)),
+        ("contrastive_retrieval", lambda: align_retrieval_plot(results)),
         ("probe_accuracy", lambda: probe_plot(results)),
     ]

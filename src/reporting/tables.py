@@ -127,6 +127,16 @@ def probe_table(results: Path, table: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+# Pictures a stage draws itself (not from a table a figure reads), kept with the tables so that
+# the committed sample shows them too: attention_maps' overlays.
+PICTURES = ("align/attention_maps/*.png",)
+
+
+def pictures(results: Path) -> list[Path]:
+    """The PICTURES under a results folder."""
+    return sorted(p for pattern in PICTURES for p in Path(results).glob(pattern))
+
+
 def input_tables(results: Path) -> list[Path]:
     """Every table the figures and the summary may read (manifests aside): their fingerprint
     tells whether a finished report is still up to date."""
