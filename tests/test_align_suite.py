@@ -426,9 +426,35 @@ def test_cli_command_table(tmp_path, capsys):
 
     root = tmp_path / "images"
     _write_images(root, {"charts": 3}, np.random.default_rng(0))
-    assert main(["speed", "--data-root", str(root)]) == 2
-    assert "not installed yet" in capsys.readouterr().err
-    from src.align.commands import COMMANDS
+    assert main(["attention", "--data-root", str(root)]) == 2
+    assert "attention needs --image" in capsys.readouterr().err
+    from src.align.__main__ import get_args_parser
+    from src.align.commands import COMMANDS, Plan
+
+    # speed times what it can time alone: towers by id, causal LMs (not E_pre/E_post, not MiniLM)
+    args = get_args_parser().parse_args(
+        [
+            "speed",
+            "--encoders",
+            "clip",
+            "mini.pre",
+            "efficientnet-lite0",
+            "--llms",
+            "qwen",
+            "minilm",
+        ]
+    )
+    plan = Plan(root, tmp_path / "w", tmp_path / "out", ["charts"], 3, "cpu", True, [-1])
+    [(_, _, argv)] = COMMANDS["speed"][1](args, plan)
+    i, j = argv.index("--encoders"), argv.index("--llms")
+    assert argv[i + 1 : j] == ["openai/clip-vit-base-patch32", "efficientnet-lite0"]
+    assert argv[j + 1] == "Qwen/Qwen2.5-7B" and argv[j + 2].startswith("--")
+    # embedding extracts its vision spaces first, then maps them
+    args = get_args_parser().parse_args(["embedding", "--encoders", "efficientnet-lite0"])
+    steps = COMMANDS["embedding"][1](args, plan)
+    assert [t for t, _, _ in steps] == ["vision efficientnet-lite0", "embedding maps"]
+    space = steps[1][2][steps[1][2].index("--space") + 1]
+    assert space == f"efficientnet-lite0={plan.vision_dir('efficientnet-lite0')}:ref"
 
     assert set(COMMANDS) == {
         "compare",

@@ -15,6 +15,7 @@ from src.align.commands import (
     Plan,
     select_shards,
 )
+from src.errors import UserError
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -71,8 +72,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--projectors", nargs="+", default=["linear", "mlp", "mlp2"])
     # speed / attention / embedding flags (their stages plug into COMMANDS)
     p.add_argument("--batch-sizes", dest="batch_sizes", type=int, nargs="+", default=[1, 4, 8])
-    p.add_argument("--image", type=Path, help="attention: one image")
-    p.add_argument("--text", help="attention: the text to attend with")
+    p.add_argument("--image", type=Path, nargs="+", help="attention: image files")
+    p.add_argument("--text", nargs="+", help="attention: the texts to attend with")
+    p.add_argument(
+        "--joint",
+        help="attention: a train_align dual-encoder folder or a CLIP / SigLIP id (default: the "
+        "main job's data/align/efficientnet-lite0_minilm)",
+    )
     p.add_argument("--method", choices=["tsne", "umap"], default="tsne", help="embedding map")
     p.add_argument("--no_progress", action="store_true")
     return p
@@ -80,7 +86,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    names = [c for c in COMMANDS if c != "all"] if args.command == "all" else [args.command]
     shards = select_shards(args.data_root, args.n_samples)
     plan = Plan(
         args.data_root,
@@ -92,19 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         args.no_progress,
         args.layers,
     )
-    if args.command == "all":
-        steps = COMMANDS["all"][1](args, plan)
-        missing = [c for c in names if COMMANDS[c][1] is None]
-    else:
-        build = COMMANDS[args.command][1]
-        if build is None:
-            print(
-                f"error: `{args.command}` is not installed yet (speed, attention and embedding "
-                "maps come with the suite's second part)",
-                file=sys.stderr,
-            )
-            return 2
-        steps, missing = build(args, plan), []
+    try:
+        steps = COMMANDS[args.command][1](args, plan)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     t_all = time.perf_counter()
     for title, stage_main, stage_argv in steps:
         print(f"== {title}", flush=True)
@@ -112,8 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         if rc != 0:
             print(f"step '{title}' failed with exit code {rc}", file=sys.stderr)
             return rc
-    for c in missing:
-        print(f"  ({c}: not installed yet, skipped)")
     print(
         f"== done in {time.perf_counter() - t_all:.0f}s: vectors in {plan.work}, "
         f"tables in {args.output_dir}"

@@ -193,8 +193,51 @@ def _stages(*names: str) -> Callable[[argparse.Namespace, Plan], list[Step]]:
     return build
 
 
-# command -> (what it does, builder). speed / attention / embedding: the second half of the
-# issue (helper suite2) plugs its stages in here.
+def _speed(args: argparse.Namespace, plan: Plan) -> list[Step]:
+    """align_speed on the encoders it can time alone (towers and hub ids, not a VLM's E_pre /
+    E_post) and the LLMs (MiniLM is no causal LM)."""
+    from src.eval import align_speed
+    from src.models.text_embed import MINILM_NAME, model_id_of
+
+    encoders = [SEED_ENCODERS.get(e, e) for e in args.encoders if "." not in e]
+    llms = [model_id_of(m) for m in args.llms if m != MINILM_NAME]
+    return [("align speed", align_speed.main,
+             flags(out_dir=plan.out / "speed", encoders=encoders, llms=llms,
+                   batch_sizes=args.batch_sizes, root=plan.root, device=plan.device,
+                   skip_existing=True))]  # fmt: skip
+
+
+def _embedding(args: argparse.Namespace, plan: Plan) -> list[Step]:
+    """The vision spaces extracted first, then embedding_maps over them."""
+    from src.plot import embedding_maps
+
+    steps, specs = vision_steps(plan, args.encoders)
+    spaces = []
+    for spec in specs:  # "<name>:<kind>:<path>" -> "<name>=<path>:<kind>"
+        name, kind, path = spec.split(":", 2)
+        spaces += ["--space", f"{name}={path}:{kind}"]
+    argv = spaces + flags(root=plan.root, out_dir=plan.out / "embedding_maps", n_samples=plan.n,
+                          method=args.method, skip_existing=True)  # fmt: skip
+    return [*steps, ("embedding maps", embedding_maps.main, argv)]
+
+
+def _attention(args: argparse.Namespace, plan: Plan) -> list[Step]:
+    """attention_maps of --image with --text in --joint (a train_align folder or CLIP / SigLIP)."""
+    from src.errors import UserError
+    from src.plot import attention_maps
+
+    if args.image is None:
+        raise UserError("attention needs --image (and --text, default 'What is shown?')")
+    joint = args.joint or (DEFAULT_JOINT if DEFAULT_JOINT.is_dir() else None)
+    return [("attention maps", attention_maps.main,
+             flags(image=args.image, text=args.text or "What is shown?", model_id=joint,
+                   out_dir=plan.out / "attention_maps", device=plan.device))]  # fmt: skip
+
+
+# the main job's offline dual encoder (src.pipeline.align_steps), the attention default
+DEFAULT_JOINT = Path("data/align/efficientnet-lite0_minilm")
+
+# command -> (what it does, builder)
 COMMANDS: dict[str, tuple[str, Callable[..., list[Step]] | None]] = {
     "compare": (
         "CKA of encoders x LLMs (biased / unbiased / RBF, CIs, nulls)",
@@ -207,11 +250,15 @@ COMMANDS: dict[str, tuple[str, Callable[..., list[Step]] | None]] = {
     ),
     "elas": ("EAS / ELAS, the seed's formulas and ours (held-out, CIs)", _stages("align_scores")),
     "e2e": ("projectors, held-out retrieval, CKA-retrieval correlation", _stages("align_e2e")),
-    "speed": ("latency / throughput / memory benchmark", None),
-    "attention": ("patch-text similarity maps", None),
-    "embedding": ("t-SNE / UMAP / Procrustes embedding maps", None),
+    "speed": ("latency / throughput / memory benchmark", _speed),
+    "attention": ("patch-text similarity maps in a joint image-text space", _attention),
+    "embedding": ("t-SNE / UMAP / Procrustes / RSA embedding maps", _embedding),
     "all": (
-        "every command above",
-        _stages("align_compare", "align_coral", "align_scores", "align_e2e"),
+        "every command above but attention (it needs --image)",
+        lambda args, plan: (
+            _stages("align_compare", "align_coral", "align_scores", "align_e2e")(args, plan)
+            + _speed(args, plan)
+            + _embedding(args, plan)[-1:]
+        ),
     ),
 }
