@@ -123,3 +123,18 @@ def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace) -> s
         else:
             parts += [flag, str(value)]
     return shlex.join(parts)
+
+
+def flags(**kw: object) -> list[str]:
+    """An argv from keywords, for running a stage's main() from code:
+    flags(root=p, k=[1, 2], skip=True) -> ['--root', 'p', '--k', '1', '2', '--skip'];
+    None and False drop out."""
+    out: list[str] = []
+    for k, v in kw.items():
+        if v is None or v is False:
+            continue
+        if isinstance(v, list | tuple):
+            out += [f"--{k}", *map(str, v)]
+        else:
+            out += [f"--{k}"] if v is True else [f"--{k}", str(v)]
+    return out

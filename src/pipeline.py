@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from src.cli import flags
 from src.data.io import read_manifest
 from src.data.paths import (
     align_speed_dir,
@@ -129,20 +130,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--align_batch_sizes", type=int, nargs="+", default=[1, 4],
                    help="speed benchmark batch sizes")  # fmt: skip
     return p
-
-
-def flags(**kw: object) -> list[str]:
-    """flags(root=p, k=[1, 2], skip=True) -> ['--root', 'p', '--k', '1', '2', '--skip'];
-    None and False drop out."""
-    out: list[str] = []
-    for k, v in kw.items():
-        if v is None or v is False:
-            continue
-        if isinstance(v, list | tuple):
-            out += [f"--{k}", *map(str, v)]
-        else:
-            out += [f"--{k}"] if v is True else [f"--{k}", str(v)]
-    return out
 
 
 def align_suite_steps(args: argparse.Namespace) -> list[Step]:

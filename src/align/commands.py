@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from src.cli import flags
 from src.data.images import list_images, list_shards
 from src.data.sample import data_type_of, read_label_file
 
@@ -29,19 +30,6 @@ SEED_ENCODERS: dict[str, str] = {
 OFFLINE_ENCODERS = ("efficientnet-lite0", "craft-vgg16")
 OFFLINE_LLMS = ("smollm2", "gemma3-270m", "minilm")
 DEFAULT_ENCODERS = ("efficientnet-lite0", "craft-vgg16", "mini.pre", "mini.post")
-
-
-def flags(**kw: object) -> list[str]:
-    """flags(root=p, k=[1, 2], skip=True) -> ['--root', 'p', '--k', '1', '2', '--skip']."""
-    out: list[str] = []
-    for k, v in kw.items():
-        if v is None or v is False:
-            continue
-        if isinstance(v, list | tuple):
-            out += [f"--{k}", *map(str, v)]
-        else:
-            out += [f"--{k}"] if v is True else [f"--{k}", str(v)]
-    return out
 
 
 def select_shards(root: Path, n_per_type: int) -> list[str]:

@@ -173,6 +173,8 @@ JOINT_FAMILIES: dict[str, type[_HFJoint]] = {
     "siglip": SiglipJoint,
     "siglip2": SiglipJoint,
 }
+
+
 class DualJoint:
     """A train_align dual encoder folder as a JointSpace (see the module docstring)."""
 
