@@ -104,6 +104,23 @@ def select_shards(
     return shards
 
 
+def train_eval_shards(
+    root: Path, train_shards: list[str] | None, eval_shards: list[str]
+) -> tuple[list[str], list[str]]:
+    """(training shards, held-out shards) under root: the training ones default to every shard
+    that is not held out. A missing root or held-out shard is a clear error."""
+    if not Path(root).is_dir():
+        raise InputMissing(f"image root {root} is not a folder (--root)")
+    shards = list_shards(root)
+    missing = sorted(set(eval_shards) - set(shards))
+    if missing:
+        raise UserError(f"--eval_shards {missing} not under {root} (it has {shards})")
+    train = train_shards or [s for s in shards if s not in eval_shards]
+    if not train:
+        raise UserError(f"no training shards under {root} (--train_shards)")
+    return train, list(eval_shards)
+
+
 def shard_folder(root: Path, shard: str) -> Path:
     root = Path(root)
     return root if (shard == root.name and not (root / shard).is_dir()) else root / shard

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from src.data.io import atomic_write, write_json_atomic, write_manifest
-from src.data.paths import sae_dir, sae_results_dir, sae_table
-from src.models import MODEL_NAMES
-from src.runtime import add_runtime_args, csv_list
-from src.sae.cache import add_source_args
+from src.data.paths import sae_table
+from src.sae.cache import add_measure_args, measured_sae_dir
 from src.stage import Stage
 
 
@@ -26,25 +23,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="python -m src.eval.sae_reconstruction",
         description="FVU, L0, dead features and delta-NLL of SAEs per layer and token set.",
     )
-    p.add_argument("--model", choices=MODEL_NAMES, default="mini")
-    p.add_argument("--vlm_id", help="hub id or local path (default: the adapter's default)")
-    p.add_argument(
-        "--sae_dir", type=Path, help="folder of layers.<l> SAEs (default data/sae/<model>)"
-    )
-    p.add_argument("--layers", type=lambda s: [int(x) for x in csv_list(s)], required=True)
-    add_source_args(p)
-    p.add_argument("--nll_images", type=int, default=64, help="images for the delta-NLL (0: none)")
-    p.add_argument("--out_dir", type=Path, default=sae_results_dir(Path("results")))
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip_existing", action="store_true")
-    p.add_argument("--no_progress", action="store_true")
-    add_runtime_args(p)
+
+    def own() -> None:
+        p.add_argument(
+            "--nll_images", type=int, default=64, help="images for the delta-NLL (0: none)"
+        )
+
+    add_measure_args(p, own)
     return p
-
-
-def _sae(a: argparse.Namespace) -> Path:
-    return a.sae_dir or sae_dir(Path("data/sae"), a.model)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     check_source(args)
     streaming = args.acts_dir is None
     adapter = load_named_adapter(args) if streaming or args.nll_images > 0 else None
-    coders = load_coders(_sae(args), args.layers, adapter.device if adapter else "cpu")
+    coders = load_coders(measured_sae_dir(args), args.layers, adapter.device if adapter else "cpu")
     rows, images = reconstruction_rows(args, adapter, coders)
     nll = delta_nll(args, adapter, coders) if adapter and args.nll_images > 0 else ({}, [])
     df, per_image = join_nll(rows, images, *nll)
@@ -73,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
          "source": "stream" if streaming else "cache"},
     )  # fmt: skip
     write_manifest(
-        out, stage="sae_reconstruction", model=args.model, sae_dir=_sae(args), args=vars(args)
+        out,
+        stage="sae_reconstruction",
+        model=args.model,
+        sae_dir=measured_sae_dir(args),
+        args=vars(args),
     )
     shown = ["layer", "tokens", "fvu", "l0", "dead_share", "delta_nll"]
     print(df[[c for c in shown if c in df]].to_string(index=False))
@@ -85,7 +75,7 @@ STAGE = Stage(
     module=__name__,
     parser=get_args_parser,
     run=run,
-    inputs=lambda a: [_sae(a)] + ([a.acts_dir] if a.acts_dir else []),
+    inputs=lambda a: [measured_sae_dir(a)] + ([a.acts_dir] if a.acts_dir else []),
     outputs=lambda a: [sae_table(a.out_dir, "sae_reconstruction", a.model, ".json")],
     description="SAE reconstruction (FVU, L0, dead, delta-NLL) per layer and token set",
 )

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import pandas as pd
 
 from src.data.io import atomic_write, write_json_atomic, write_manifest
-from src.data.paths import sae_dir, sae_results_dir, sae_table
-from src.models import MODEL_NAMES
-from src.runtime import add_runtime_args, csv_list
-from src.sae.cache import add_source_args
+from src.data.paths import sae_table
+from src.sae.cache import add_measure_args, measured_sae_dir
 from src.stage import Stage
 
 
@@ -33,26 +30,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="python -m src.eval.sae_semantic",
         description="Image-vs-caption SAE feature overlap and logit-lens word hits, vs chance.",
     )
-    p.add_argument("--model", choices=MODEL_NAMES, default="mini")
-    p.add_argument("--vlm_id", help="hub id or local path (default: the adapter's default)")
-    p.add_argument(
-        "--sae_dir", type=Path, help="folder of layers.<l> SAEs (default data/sae/<model>)"
-    )
-    p.add_argument("--layers", type=lambda s: [int(x) for x in csv_list(s)], required=True)
-    add_source_args(p)
-    p.add_argument("--top_features", type=int, default=10, help="image features read by the lens")
-    p.add_argument("--top_tokens", type=int, default=20, help="tokens per feature's lens")
-    p.add_argument("--out_dir", type=Path, default=sae_results_dir(Path("results")))
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip_existing", action="store_true")
-    p.add_argument("--no_progress", action="store_true")
-    add_runtime_args(p)
+
+    def own() -> None:
+        p.add_argument(
+            "--top_features", type=int, default=10, help="image features read by the lens"
+        )
+        p.add_argument("--top_tokens", type=int, default=20, help="tokens per feature's lens")
+
+    add_measure_args(p, own)
     return p
-
-
-def _sae(a: argparse.Namespace) -> Path:
-    return a.sae_dir or sae_dir(Path("data/sae"), a.model)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_source(args)
     adapter = load_named_adapter(args)  # the readout (final norm, unembedding, tokenizer)
-    coders = load_coders(_sae(args), args.layers, adapter.device)
+    coders = load_coders(measured_sae_dir(args), args.layers, adapter.device)
     rows, per_image = semantic_rows(args, adapter, coders)
     df, out = pd.DataFrame(rows), args.out_dir
     atomic_write(sae_table(out, "sae_semantic", args.model), lambda t: df.to_csv(t, index=False))
@@ -71,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
     write_json_atomic(
         sae_table(out, "sae_semantic", args.model, ".json"), {"model": args.model, "rows": rows}
     )
-    write_manifest(out, stage="sae_semantic", model=args.model, sae_dir=_sae(args), args=vars(args))
+    write_manifest(
+        out,
+        stage="sae_semantic",
+        model=args.model,
+        sae_dir=measured_sae_dir(args),
+        args=vars(args),
+    )
     print(
         df[["layer", "measure", "own", "chance", "diff", "diff_ci_low", "diff_ci_high"]].to_string(
             index=False
@@ -85,7 +77,7 @@ STAGE = Stage(
     module=__name__,
     parser=get_args_parser,
     run=run,
-    inputs=lambda a: [_sae(a)] + ([a.acts_dir] if a.acts_dir else []),
+    inputs=lambda a: [measured_sae_dir(a)] + ([a.acts_dir] if a.acts_dir else []),
     outputs=lambda a: [sae_table(a.out_dir, "sae_semantic", a.model, ".json")],
     description="SAE feature overlap and logit-lens hits of image tokens vs chance",
 )

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from src.data.extraction import extract_shard
-from src.data.images import ImageRecord, list_images, list_shards, read_captions
+from src.data.images import ImageRecord, list_images, read_captions, train_eval_shards
 from src.data.io import (
     atomic_write,
     load_torch,
@@ -33,7 +33,7 @@ from src.data.io import (
 from src.data.paths import connector_feature_dir
 from src.data.sample import COLOURS, SHAPES, read_labels
 from src.data.vectors import iter_chunks
-from src.errors import InputMissing, UserError
+from src.errors import UserError
 from src.metrics.captions import attribute_accuracy, first_mention, majority_baseline
 from src.models.connector import ConnectorArch, ConnectorConfig, MLPConnector, save_connector
 from src.models.mini import ComposedVLM, build_composed
@@ -200,20 +200,6 @@ def train_connector(
 # The whole run: frozen parts, cached features, training, held-out captions, files
 
 
-def _shards(recipe: ConnectorRecipe) -> tuple[list[str], list[str]]:
-    """(training shards, held-out shards) under recipe.root."""
-    if not Path(recipe.root).is_dir():
-        raise InputMissing(f"image root {recipe.root} is not a folder (--root)")
-    shards = list_shards(recipe.root)
-    missing = sorted(set(recipe.eval_shards) - set(shards))
-    if missing:
-        raise UserError(f"--eval_shards {missing} not under {recipe.root} (it has {shards})")
-    train = recipe.train_shards or [s for s in shards if s not in recipe.eval_shards]
-    if not train:
-        raise UserError(f"no training shards under {recipe.root} (--train_shards)")
-    return train, list(recipe.eval_shards)
-
-
 def _compose(
     arch: ConnectorArch, recipe: ConnectorRecipe, device: torch.device, dtype: torch.dtype
 ) -> tuple[ComposedVLM, Any]:
@@ -363,7 +349,8 @@ def fit_connector(
     checkpoint, losses, held-out captions and the manifest (with `record`) go to work_dir.
     Returns the connector's training record."""
     t0 = time.perf_counter()
-    train_shards, eval_shards = _shards(recipe)
+    train_shards, eval_shards = train_eval_shards(recipe.root, recipe.train_shards,
+                                                 recipe.eval_shards)  # fmt: skip
     torch.manual_seed(train.seed)
     model, transform = _compose(arch, recipe, device, dtype)
     records, x = load_split(model, transform, recipe, train_shards, work_dir)

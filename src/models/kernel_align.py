@@ -32,10 +32,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from src.data.extraction import extract_shard
-from src.data.images import ImageRecord, list_images, list_shards
+from src.data.images import ImageRecord, list_images, train_eval_shards
 from src.data.io import load_torch, save_torch_atomic
 from src.data.vectors import iter_chunks
-from src.errors import InputMissing, UserError
+from src.errors import UserError
 from src.metrics.kernels import clean_loss, kernel_alignment_loss, kernel_matrix, median_distance
 from src.metrics.similarity import linear_cka_permutation_test
 from src.metrics.stats import bootstrap_means
@@ -450,13 +450,7 @@ def cache_split(
 
 def split_records(recipe: AlignRecipe) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """(training images, held-out images) under recipe.root."""
-    if not Path(recipe.root).is_dir():
-        raise InputMissing(f"image root {recipe.root} is not a folder (--root)")
-    shards = list_shards(recipe.root)
-    missing = sorted(set(recipe.eval_shards) - set(shards))
-    if missing:
-        raise UserError(f"--eval_shards {missing} not under {recipe.root} (it has {shards})")
-    train = recipe.train_shards or [s for s in shards if s not in recipe.eval_shards]
+    train, _ = train_eval_shards(recipe.root, recipe.train_shards, recipe.eval_shards)
     records = [r for s in train for r in list_images(recipe.root, s)[: recipe.max_train]]
     held = [r for s in recipe.eval_shards for r in list_images(recipe.root, s)][: recipe.eval_n]
     if len(records) < 2:

@@ -11,7 +11,7 @@ from a live forward (nothing written: at cluster scale a full cache does not fit
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -87,6 +87,36 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="images per shard (default: all)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
+
+
+def add_measure_args(p: argparse.ArgumentParser, extra: Callable[[], None]) -> None:
+    """The flags both measuring stages (sae_reconstruction, sae_semantic) take; `extra` adds the
+    stage's own flags after the activation source."""
+    from src.data.paths import sae_results_dir
+    from src.models import MODEL_NAMES
+    from src.runtime import add_runtime_args
+
+    p.add_argument("--model", choices=MODEL_NAMES, default="mini")
+    p.add_argument("--vlm_id", help="hub id or local path (default: the adapter's default)")
+    p.add_argument(
+        "--sae_dir", type=Path, help="folder of layers.<l> SAEs (default data/sae/<model>)"
+    )
+    p.add_argument("--layers", type=lambda s: [int(x) for x in csv_list(s)], required=True)
+    add_source_args(p)
+    extra()
+    p.add_argument("--out_dir", type=Path, default=sae_results_dir(Path("results")))
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip_existing", action="store_true")
+    p.add_argument("--no_progress", action="store_true")
+    add_runtime_args(p)
+
+
+def measured_sae_dir(a: argparse.Namespace) -> Path:
+    """--sae_dir, else data/sae/<model>."""
+    from src.data.paths import sae_dir
+
+    return a.sae_dir or sae_dir(Path("data/sae"), a.model)
 
 
 def source_shards(args: argparse.Namespace, model: str) -> list[str]:
