@@ -57,7 +57,18 @@ SEED_A_TABS: tuple[Tab, ...] = (
         ("align_retrieval", "align_cka_retrieval")),
 )  # fmt: skip
 
-TABS: tuple[Tab, ...] = STUDY_TABS + SEED_A_TABS
+# The other seeds' parts: alignment training (seeds E and D) and SAE features (seed C).
+SEED_TABS: tuple[Tab, ...] = (
+    Tab("Alignment training", "Contrastive MRL adapters between frozen towers (`train_align`): "
+        "held-out retrieval per radius and probes against chance (`eval_probe`); kernel "
+        "alignment of EfficientNet-Lite0 to CRAFT (`train_kernel_align`).",
+        ("contrastive_retrieval", "probe_accuracy", "kernel_align", "kernel_connectors")),
+    Tab("SAE features", "Text-trained SAEs on the LLM's residual stream, layer by layer: FVU, "
+        "L0, delta-NLL and the image-caption feature overlap against chance.",
+        ("sae_reconstruction", "sae_semantic")),
+)  # fmt: skip
+
+TABS: tuple[Tab, ...] = STUDY_TABS + SEED_A_TABS + SEED_TABS
 
 
 @dataclass
