@@ -100,3 +100,20 @@ def test_a_second_vlm_on_the_same_tower_reuses_its_token_grids(monkeypatch):
     with torch.no_grad():  # outside the block nothing is remembered
         again(x)
     assert calls == [1, 2, 7, 2]
+
+
+def test_suspended_cache_runs_the_network_inside_the_main_jobs_block():
+    """align_speed times the network inside the main job's remember_pooled_features block: with
+    the cache suspended, a forward neither reads nor records token grids (it used to stack an
+    empty list)."""
+    from src.models import towers
+
+    tower = towers.EfficientNetTokens(grid=4)
+    x = torch.rand(2, 3, 224, 224)
+    with towers.remember_pooled_features():
+        first = tower(x)
+        assert towers._TOKENS
+        with towers.suspend_pooled_features():
+            assert towers._TOKENS is None and towers._POOLED is None
+            torch.testing.assert_close(tower(x), first)
+        assert towers._TOKENS

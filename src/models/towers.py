@@ -111,14 +111,14 @@ def remember_pooled_features(max_images: int = 50_000) -> Iterator[None]:
 
 @contextlib.contextmanager
 def suspend_pooled_features() -> Iterator[None]:
-    """Within this block EfficientNet-Lite0 forwards neither record nor reuse pooled vectors
-    (a speed benchmark times the network, not the cache)."""
-    global _POOLED
-    saved, _POOLED = _POOLED, None
+    """Within this block EfficientNet-Lite0 forwards neither record nor reuse pooled vectors or
+    token grids (a speed benchmark times the network, not the cache)."""
+    global _POOLED, _TOKENS
+    saved, _POOLED, saved_tokens, _TOKENS = _POOLED, None, _TOKENS, None
     try:
         yield
     finally:
-        _POOLED = saved
+        _POOLED, _TOKENS = saved, saved_tokens
 
 
 class EfficientNetTokens(torch.nn.Module):
@@ -196,7 +196,7 @@ class EfficientNetTokens(torch.nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         keys = self._keys(pixel_values) if _POOLED is not None else []
-        if _TOKENS is not None and all((k, self.grid) in _TOKENS for k in keys):
+        if keys and _TOKENS is not None and all((k, self.grid) in _TOKENS for k in keys):
             return torch.stack([_TOKENS[(k, self.grid)] for k in keys]).to(pixel_values.device)
         fmap = self.features(pixel_values)  # (B, 1280, 7, 7)
         if _POOLED is not None:
@@ -204,7 +204,7 @@ class EfficientNetTokens(torch.nn.Module):
         if self.grid != fmap.shape[-1]:
             fmap = F.adaptive_avg_pool2d(fmap, self.grid)
         tokens = fmap.flatten(2).transpose(1, 2)  # (B, grid*grid, 1280)
-        if _TOKENS is not None:
+        if _TOKENS is not None and keys:
             self._remember_tokens(keys, tokens)
         return tokens
 
