@@ -28,6 +28,7 @@ from src.data.paths import (
     report_path,
     vector_shard_dir,
 )
+from src.data.sample import scene_shard
 from src.eval import (
     align_speed,
     compare_connectors,
@@ -236,6 +237,15 @@ def sae_steps(args: argparse.Namespace) -> list[Step]:
 ATTENTION_TEXTS = ["a blue circle", "a white square", "a cup of coffee"]
 
 
+def attention_images(args: argparse.Namespace) -> list[Path]:
+    """The first two scenes of the held-out shard (numbered as make_sample numbers them) and a
+    packaged photo: the images whose attention maps the main job draws."""
+    n = args.n_scenes
+    first = [i for i in range(n) if scene_shard(i, n, args.shards) == args.caption_shard][:2]
+    scenes = [args.data / "sample" / args.caption_shard / f"scene_{i:06d}.jpg" for i in first]
+    return [*scenes, args.data / "sample" / "photos" / "coffee.jpg"]
+
+
 def align_steps(args: argparse.Namespace) -> list[Step]:
     """Seed E phase 1 on the offline default: a dual encoder (EfficientNet-Lite0 + MiniLM
     adapters, on the pooled features the efficientnet-lite0 reference step cached) and
@@ -254,9 +264,8 @@ def align_steps(args: argparse.Namespace) -> list[Step]:
                vision_cache=f"efficientnet-lite0={cache}", **common)),
         # seed A's attention maps, in the joint space this dual encoder just made
         ("attention maps", attention_maps.main,
-         flags(image=[images / "synth_03" / "scene_001500.jpg",
-                      images / "synth_03" / "scene_001501.jpg", images / "photos" / "coffee.jpg"],
-               text=ATTENTION_TEXTS, model_id=dual, out_dir=attention_maps_dir(args.results),
+         flags(image=attention_images(args), text=ATTENTION_TEXTS, model_id=dual,
+               out_dir=attention_maps_dir(args.results),
                device=args.device, skip_existing=True)),
     ]  # fmt: skip
 

@@ -85,7 +85,7 @@ def test_every_tab_shows_its_figures_and_values(browser, app):
     from src.app.tabs import TABS, tab_figures
 
     url, perturber, started = app
-    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    page = browser.new_page(viewport={"width": 2200, "height": 1000})
     t0 = time.perf_counter()
     page.goto(url)
     page.get_by_role("tab", name=TABS[0].title).wait_for()
@@ -129,7 +129,7 @@ def test_upload_and_live_perturbation(browser, app, tmp_path):
     im, _ = _scene(5)
     path = tmp_path / "my_scene.png"
     im.save(path)
-    page = browser.new_page(viewport={"width": 1300, "height": 1100})
+    page = browser.new_page(viewport={"width": 2200, "height": 1100})
     page.goto(url)
     open_tab(page, "Captions & perturbations")
     page.locator("#upload input[type=file]").set_input_files(str(path))
@@ -163,7 +163,7 @@ def test_errors_are_messages_in_the_page(browser, app, tmp_path):
     url, _, _ = app
     bad = tmp_path / "notes.png"
     bad.write_text("this is not an image")
-    page = browser.new_page()
+    page = browser.new_page(viewport={"width": 2200, "height": 1000})
     page.goto(url)
     open_tab(page, "Captions & perturbations")
     page.locator("#upload input[type=file]").set_input_files(str(bad))
@@ -179,7 +179,7 @@ def test_missing_tables_are_named_in_the_page(browser, tmp_path):
     empty.mkdir()
     demo, url, _ = serve(empty)
     try:
-        page = browser.new_page()
+        page = browser.new_page(viewport={"width": 2200, "height": 1000})
         page.goto(url)
         open_tab(page, "Geometry")
         from src.app.tabs import TABS, tab_figures
