@@ -133,11 +133,14 @@ def test_caption_figure_draws_summary_means_and_chance():
     chance = line(bert_ax, "chance").get_ydata()[0]
     assert chance == pytest.approx(summary["bertscore_caption_post_ref_mismatched"])
     assert chance < summary["bertscore_caption_post_ref"]  # captions beat chance
-    rows = tables.caption_rows(SAMPLE, MODEL)
-    counts = sum(p.get_height() for p in hist_ax.patches)
-    assert counts == rows.bertscore_recon_vs_post.notna().sum()
-    same = (rows.caption_post == rows.caption_recon).mean()
-    assert f"{same:.0%} identical" in hist_ax.get_legend().get_texts()[0].get_text()
+    models = tables.caption_models(SAMPLE)
+    per_model = {m: tables.caption_rows(SAMPLE, m) for m in models}
+    counts = sum(p.get_height() for p in hist_ax.patches)  # one histogram per model
+    assert counts == sum(r.bertscore_recon_vs_post.notna().sum() for r in per_model.values())
+    legend = [t.get_text() for t in hist_ax.get_legend().get_texts()]
+    for model, rows in per_model.items():
+        same = (rows.caption_post == rows.caption_recon).mean()
+        assert f"{model}: {same:.0%} identical (n={len(rows)})" in legend
     if "mini_nll_caption_post" in summary:
         nll = bars(rest[0])
         assert nll["caption from E_post"][0] == pytest.approx(summary["mini_nll_caption_post"])
@@ -172,10 +175,14 @@ def test_perturb_figure_draws_the_summary(mode):
         x, y = errorbars(ax)[MODEL]
         np.testing.assert_allclose(x, g.level)
         np.testing.assert_allclose(y, g["mean"])
+    # With several models each reference line is named after its model.
+    several = tables.perturb_summary(SAMPLE).model.nunique() > 1
+    prefix = f"{MODEL}: " if several else ""
     chance = s[s.score == "bertscore_vs_original_mismatched"]["mean"].mean()
-    assert line(plot.figure.axes[0], "chance").get_ydata()[0] == pytest.approx(chance)
+    assert line(plot.figure.axes[0], prefix + "chance").get_ydata()[0] == pytest.approx(chance)
     clean = s[s.score == "mini_nll_caption_original"]["mean"].mean()
-    assert line(plot.figure.axes[1], "unperturbed").get_ydata()[0] == pytest.approx(clean)
+    drawn = line(plot.figure.axes[1], prefix + "unperturbed").get_ydata()[0]
+    assert drawn == pytest.approx(clean)
     assert figures.LEVEL_AXIS[mode] == plot.figure.axes[0].get_xlabel()
 
 
@@ -204,9 +211,15 @@ def test_report_links_every_figure_and_skips_unchanged_inputs(tmp_path, capsys):
     assert report.main(argv) == 0
     page = (tmp_path / "fig" / "report.html").read_text()
     pngs = sorted(p.name for p in (tmp_path / "fig").glob("*.png"))
-    assert pngs == sorted(["knn.png", "erank_vs_ref.png", "caption_recon.png",
-                           "caption_recon_pre.png", "perturb_mask.png",
-                           "perturb_lowrank.png"])  # fmt: skip
+    from src.data.io import read_manifest
+
+    made, committed = read_manifest(tmp_path / "fig"), read_manifest(SAMPLE.parent / "report")
+    assert pngs == sorted(made["figures"]) == sorted(committed["figures"])
+    skipped = [[note.split(":")[0] for note in m["missing"]] for m in (made, committed)]
+    assert skipped[0] == skipped[1]
+    assert {"knn.png", "erank_vs_ref.png", "caption_recon.png", "caption_recon_pre.png",
+            "perturb_mask.png", "perturb_lowrank.png", "align_cka.png", "kernel_align.png",
+            "sae_reconstruction.png", "contrastive_retrieval.png"} <= set(pngs)  # fmt: skip
     for name in pngs:
         assert f'src="{name}"' in page
         csv = tmp_path / "out" / "plots" / name.replace(".png", ".csv")
@@ -278,25 +291,29 @@ def test_several_models_share_each_figure(tmp_path):
     knn[cols] *= 0.5
     knn.to_csv(results / "knn" / "other" / "knn.csv", index=False)
     summary = pd.read_csv(results / "perturb" / "summary.csv")
-    other = summary.assign(model="other", mean=summary["mean"] / 2,
-                           ci_low=summary.ci_low / 2, ci_high=summary.ci_high / 2)  # fmt: skip
+    mine = summary[summary.model == MODEL]
+    other = mine.assign(model="other", mean=mine["mean"] / 2,
+                        ci_low=mine.ci_low / 2, ci_high=mine.ci_high / 2)  # fmt: skip
     pd.concat([summary, other]).to_csv(results / "perturb" / "summary.csv", index=False)
 
-    ax = figures.knn_plot(results).figure.axes[2]  # second row: the other model
+    row = tables.knn_models(results).index("other")
+    ax = figures.knn_plot(results).figure.axes[2 * row]  # one row of two panels per model
     _, y = errorbars(ax)["E_pre → E_post"]
     pp = knn[(knn.from_space == "pre") & (knn.to_space == "post") & (knn.scope == "global")]
     np.testing.assert_allclose(y, pp.sort_values("k").overlap_mean)
     for ax in figures.erank_vs_ref_plot(results).figure.axes:
         assert {"mini E_pre", "other E_pre", "mini E_post", "other E_post"} <= set(errorbars(ax))
+    n_models = len(tables.caption_models(results))
+    assert "other" in tables.caption_models(results) and n_models >= 2
     bert = bars(figures.caption_recon_plot(results).figure.axes[0])
-    assert len(bert["caption from E_post"]) == 2
-    assert len(figures.caption_recon_pre_plot(results).figure.axes) == 2
+    assert len(bert["caption from E_post"]) == n_models
+    assert len(figures.caption_recon_pre_plot(results).figure.axes) == n_models
     plot = figures.perturb_plot(results, "mask")
     drawn = errorbars(plot.figure.axes[0])
     np.testing.assert_allclose(drawn["other"][1], drawn[MODEL][1] / 2)
     chance = [ln for ln in plot.figure.axes[0].get_lines() if "chance" in ln.get_label()]
-    assert len(chance) == 2 and chance[0].get_color() != chance[1].get_color()
+    assert len(chance) == n_models and len({ln.get_color() for ln in chance}) == n_models
     assert report.main(["--results", str(results), "--figures", str(tmp_path / "f"),
                         "--out", str(tmp_path / "o")]) == 0  # fmt: skip
     s = pd.read_csv(tmp_path / "o" / "summary.csv")
-    assert set(s.model) == {MODEL, "other"}
+    assert set(s.model) == set(tables.caption_models(SAMPLE)) | {"other"}
