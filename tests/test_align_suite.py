@@ -22,6 +22,7 @@ from src.metrics.measures import MEASURES, get_measure, measure
 from src.metrics.retrieval import (
     chance_mrr,
     chance_recall,
+    cosine_similarity,
     image_to_text_ranks,
     retrieval_metrics,
     text_to_image_ranks,
@@ -254,9 +255,9 @@ def test_retrieval_and_mrr_match_a_hand_worked_example():
     cap = torch.tensor([[1.0, 0.1], [0.0, 1.0], [0.1, 1.0], [1.0, 1.0], [-1.0, 0.0]])
     owner = torch.tensor([0, 0, 1, 2, 2])  # images 0 and 2 have two captions each
     # image 0: own c0 first; image 1: c1 (image 0's) beats its c2; image 2: own c3 first
-    assert image_to_text_ranks(img, cap, owner).tolist() == [1, 2, 1]
+    assert image_to_text_ranks(cosine_similarity(cap, img), owner).tolist() == [1, 2, 1]
     # c1 = (0, 1) finds image 0 third; c4 = (-1, 0) finds image 2 behind image 1 (cos 0)
-    assert text_to_image_ranks(img, cap, owner).tolist() == [1, 3, 1, 1, 2]
+    assert text_to_image_ranks(cosine_similarity(cap, img), owner).tolist() == [1, 3, 1, 1, 2]
     rows = {(r["direction"], r["metric"]): r for r in retrieval_metrics(img, cap, owner, ks=(1, 2))}
     assert rows["image_to_text", "R@1"]["value"] == pytest.approx(2 / 3)
     assert rows["image_to_text", "R@2"]["value"] == pytest.approx(1.0)
@@ -268,8 +269,8 @@ def test_retrieval_and_mrr_match_a_hand_worked_example():
     assert chance_recall(5, 2, 2) == pytest.approx(1 - 3 / 10)
     assert chance_mrr(3, 1) == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
     # ties count against the query: a constant scorer ranks last
-    zeros = torch.zeros(3, 2) + 1.0
-    assert image_to_text_ranks(zeros, torch.ones(5, 2), owner).tolist() == [4, 5, 4]
+    constant = cosine_similarity(torch.ones(5, 2), torch.ones(3, 2))
+    assert image_to_text_ranks(constant, owner).tolist() == [4, 5, 4]
 
 
 def test_measure_registry_looks_up_the_existing_functions():

@@ -78,7 +78,7 @@ def duplicated(n_base: int = 30, copies: int = 4, d: int = 6, seed: int = 0) -> 
 
 
 @pytest.mark.parametrize("metric", ["cos", "l2"])
-@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("symmetric", [False, True, None])
 @pytest.mark.parametrize("block_size", [1, 7, 64, 500])
 def test_knn_matches_reference(metric, symmetric, block_size):
     x = torch.randn(120, 16, generator=torch.Generator().manual_seed(1))
@@ -91,10 +91,15 @@ def test_knn_matches_reference(metric, symmetric, block_size):
 
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("block_size", [1, 5, 32, 90])
-def test_exact_ties_break_by_index_for_every_block_size(symmetric, block_size):
+@pytest.mark.parametrize("distinct", [False, True], ids=["with_copies", "distinct"])
+def test_exact_ties_break_by_index_for_every_block_size(symmetric, block_size, distinct):
     # Integer points, l2: every distance is an exact small integer, so ties at the k-th distance
     # are everywhere and the (distance, index) rule alone decides. Exact in any summation order.
-    x = tie_heavy()
+    # Copies make the symmetric search fall back to row blocks; distinct points keep it.
+    x = tie_heavy(200)
+    if distinct:  # each point once, in a shuffled order
+        u = torch.unique(x, dim=0)
+        x = u[torch.randperm(len(u), generator=torch.Generator().manual_seed(0))]
     d, i = knn(x, 12, metric="l2", block_size=block_size, symmetric=symmetric)
     rd, ri = ref_knn(x, 12, "l2")
     np.testing.assert_array_equal(i.numpy(), ri)

@@ -34,6 +34,22 @@ def test_cached_smollm2_equals_the_gguf_model():
     assert tok.convert_tokens_to_ids("<|im_end|>") == 2
 
 
+def test_setup_converts_every_offline_lm_into_the_cache(capsys):
+    """scripts/setup.sh runs src.models.install; afterwards each offline LM is a plain folder."""
+    from pathlib import Path
+
+    from src.models import install
+
+    setup = (Path(__file__).resolve().parents[1] / "scripts" / "setup.sh").read_text()
+    assert "-m src.models.install" in setup
+    assert install.main([]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == len(install.OFFLINE_LMS)
+    for line, (name, folder) in zip(printed, install.OFFLINE_LMS.items(), strict=True):
+        assert line.strip().startswith(f"{name}: {folder()}")
+        assert (folder() / "config.json").exists() and (folder() / "model.safetensors").exists()
+
+
 def test_square_resize_is_centre_crop_and_picklable():
     t = pickle.loads(pickle.dumps(SquareResize(8)))
     im = np.zeros((16, 32, 3), dtype=np.uint8)

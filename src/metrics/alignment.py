@@ -136,14 +136,21 @@ class Basis(NamedTuple):
 
 
 def ridge(x: Tensor, z: Tensor, alpha: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
-    """Ridge regression z ~ (x - mx) W + c, (N, Dx) -> (N, d), in the dual form (N x N solve, as
-    N <= Dx here); lambda = alpha * mean squared row norm of centred x. Returns (mx, W, c)."""
+    """Ridge regression z ~ (x - mx) W + c: x (N, Dx), z (N, d) -> (mx (Dx,), W (Dx, d), c (d,)).
+
+    lambda = alpha * mean squared row norm of centred x. Solved in the dual form (an N x N
+    system) when N <= Dx, else in the primal (Dx x Dx): the same solution, the smaller solve."""
     x, z = x.double(), z.double()
     mx, c = x.mean(0), z.mean(0)
     xc, zc = x - mx, z - c
-    g = xc @ xc.T
-    lam = alpha * float(g.diagonal().mean()) + 1e-12
-    w = xc.T @ torch.linalg.solve(g + lam * torch.eye(g.shape[0], dtype=g.dtype), zc)
+    n, dx = xc.shape
+    lam = alpha * float(xc.square().sum()) / n + 1e-12
+    if n <= dx:
+        g = xc @ xc.T
+        w = xc.T @ torch.linalg.solve(g + lam * torch.eye(n, dtype=g.dtype), zc)
+    else:
+        g = xc.T @ xc
+        w = torch.linalg.solve(g + lam * torch.eye(dx, dtype=g.dtype), xc.T @ zc)
     return mx, w, c
 
 

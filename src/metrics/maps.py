@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from src.metrics.alignment import ridge
 from src.metrics.stats import permutation_pvalue, spearman
 
 
@@ -35,13 +36,11 @@ def procrustes_disparity(x: Tensor, y: Tensor) -> float:
 
 def ridge_map(x: Tensor, y: Tensor, alpha: float = 1e-3) -> Callable[[Tensor], Tensor]:
     """The least-squares map of x (N, Dx) onto y (N, Dy), ridge alpha relative to x's mean
-    variance, with intercept: fitted on a training split, applied to held-out rows."""
-    xm, ym = x.double().mean(0), y.double().mean(0)
-    xc, yc = x.double() - xm, y.double() - ym
-    lam = alpha * float((xc**2).sum()) / max(1, xc.shape[1])
-    gram = xc.T @ xc + lam * torch.eye(xc.shape[1], dtype=torch.float64)
-    w = torch.linalg.solve(gram, xc.T @ yc)
-    return lambda z: ((z.double() - xm) @ w + ym).float()
+    variance per feature, with intercept: fitted on a training split, applied to held-out rows.
+    (src.metrics.alignment.ridge scales by the mean squared row norm, N / Dx times larger.)"""
+    n, dx = x.shape
+    mx, w, c = ridge(x, y, alpha * n / max(1, dx))
+    return lambda z: ((z.double() - mx) @ w + c).float()
 
 
 def rdm(x: Tensor, metric: str = "cosine") -> Tensor:

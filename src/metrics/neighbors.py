@@ -222,20 +222,26 @@ def _apply_duplicates(
     return scores
 
 
-def _symmetric_distance_block(
+def _symmetric_scores(
     q: Tensor, x: Tensor, q_sq: Tensor | None, x_sq: Tensor | None, out: Tensor
 ) -> Tensor:
-    """Distances computed by a formula symmetric in (i, j), for the symmetric search.
+    """Nearness scores by a formula symmetric in (i, j), for the symmetric search; larger = nearer.
 
-    max(1 - <q_i, x_j>, 0) (cos) or max(|q_i|^2 + |x_j|^2 - 2 <q_i, x_j>, 0) (l2). (b, m) into
-    out.
+    <q_i, x_j> (cos, rows unit) or 2 <q_i, x_j> - |q_i|^2 - |x_j|^2 = -|q_i - x_j|^2 (l2).
+    (b, m) into out. _symmetric_to_distance turns them into distances.
     """
     if x_sq is None:
-        ones = torch.ones(1, x.shape[0], dtype=x.dtype, device=x.device)
-        return torch.addmm(ones, q, x.T, alpha=-1.0, out=out).clamp_(min=0.0)
+        return torch.mm(q, x.T, out=out)
     assert q_sq is not None
-    torch.addmm(x_sq.unsqueeze(0), q, x.T, alpha=-2.0, out=out)
-    return out.add_(q_sq.unsqueeze(1)).clamp_(min=0.0)
+    torch.addmm(x_sq.unsqueeze(0), q, x.T, alpha=2.0, beta=-1.0, out=out)
+    return out.sub_(q_sq.unsqueeze(1))
+
+
+def _symmetric_to_distance(scores: Tensor, l2: bool) -> Tensor:
+    """Scores of _symmetric_scores -> distances, in place: max(1 - s, 0) (cos), max(-s, 0) (l2)."""
+    if l2:
+        return scores.neg_().clamp_(min=0.0)
+    return scores.neg_().add_(1.0).clamp_(min=0.0)
 
 
 def _row_distances(
@@ -348,23 +354,53 @@ def _knn_rowblock(
     return out_v, out_i
 
 
+def _merge_column_candidates(
+    d: Tensor, vals: Tensor, idx: Tensor, c0: int, c1: int, s: int
+) -> None:
+    """Merge into the running top-(k+1) of rows c0:c1 their entries in d's columns c0:c1.
+
+    d: (b, e) scores of rows s:s+b against rows 0:e (symmetric, so column c holds row c's
+    scores for rows s:s+b); vals, idx: (N, k+1) running candidate scores and indices, updated in
+    place for rows c0:c1.
+    """
+    thr = vals[c0:c1].amin(dim=1)
+    mask_t = (d[:, c0:c1] > thr).T.contiguous()  # (c, b): nonzero comes out grouped by row c
+    cols, rows = mask_t.nonzero(as_tuple=True)
+    if cols.numel() == 0:
+        return
+    cand_v = d[rows, cols + c0]
+    counts = torch.bincount(cols, minlength=c1 - c0)
+    width = int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts
+    slot = cols * width + (torch.arange(cols.numel(), device=d.device) - starts[cols])
+    pad_v = torch.full(((c1 - c0) * width,), -torch.inf, dtype=d.dtype, device=d.device)
+    pad_i = torch.full(((c1 - c0) * width,), -1, dtype=torch.long, device=d.device)
+    pad_v[slot] = cand_v
+    pad_i[slot] = rows + s
+    all_v = torch.cat([vals[c0:c1], pad_v.view(c1 - c0, width)], dim=1)
+    all_i = torch.cat([idx[c0:c1], pad_i.view(c1 - c0, width)], dim=1)
+    v2, j2 = all_v.topk(vals.shape[1], dim=1, sorted=False)
+    vals[c0:c1], idx[c0:c1] = v2, all_i.gather(1, j2)
+
+
 def _knn_symmetric(
     xp: Tensor, x_sq: Tensor | None, k: int, block_size: int
 ) -> tuple[Tensor, Tensor]:
     """Lower-triangle blocks only: block J computes its rows against columns [0, end of J).
 
-    The distance matrix is symmetric, so the same (b, e) slab also holds, transposed, the distances
-    from every earlier row c < s to the b rows of J. Rows of J take their top-(k+1) over the slab.
-    For earlier rows only entries below their current (k+1)-th best can enter, which after the
-    first blocks is a few per row: those are gathered (mask + nonzero) and merged. Half the GEMM
-    work, for a mask pass and the merges.
+    The score matrix is symmetric, so the same (b, e) slab also holds, transposed, the scores
+    of every earlier row c < s against the b rows of J. Rows of J take their top-(k+1) over the
+    slab. For earlier rows only entries above their current (k+1)-th best can enter, which after
+    the first blocks is a few per row: those are gathered (mask + nonzero) and merged. Half the
+    GEMM work, for a mask pass and the merges. Ranking runs on scores (larger = nearer, so topk
+    takes the largest in place); the k + 1 survivors become distances at the end.
     """
     n = xp.shape[0]
     k1 = k + 1
     dev = xp.device
     inf = torch.inf
-    # Running candidate sets; placeholders (inf, -1) lose to any real candidate.
-    vals = torch.full((n, k1), inf, dtype=xp.dtype, device=dev)
+    # Running candidate scores; placeholders (-inf, -1) lose to any real candidate.
+    vals = torch.full((n, k1), -inf, dtype=xp.dtype, device=dev)
     idx = torch.full((n, k1), -1, dtype=torch.long, device=dev)
     buf = torch.empty(min(block_size, n) * n, dtype=xp.dtype, device=dev)
     for s in range(0, n, block_size):
@@ -372,45 +408,33 @@ def _knn_symmetric(
         b = e - s
         q_sq = None if x_sq is None else x_sq[s:e]
         c_sq = None if x_sq is None else x_sq[:e]
-        d = _symmetric_distance_block(xp[s:e], xp[:e], q_sq, c_sq, buf[: b * e].view(b, e))
-        d.diagonal(offset=s).fill_(inf)
+        d = _symmetric_scores(xp[s:e], xp[:e], q_sq, c_sq, buf[: b * e].view(b, e))
+        d.diagonal(offset=s).fill_(-inf)
         kk = min(k1, e)
-        v, i = d.topk(kk, dim=1, largest=False, sorted=False)
+        v, i = d.topk(kk, dim=1, sorted=False)
         vals[s:e, :kk], idx[s:e, :kk] = v, i
         if s == 0:
             continue
-        # Column direction: d[r, c] (c < s) is also the distance from row c to row s + r.
-        # Strict "<": a point equal to the current (k+1)-th best may be left out, which keeps the
-        # invariant _finish relies on (everything left out is >= the largest candidate).
-        thr = vals[:s].amax(dim=1)
-        mask_t = (d[:, :s] < thr).T.contiguous()  # (s, b), so nonzero comes out column-major
-        cols, rows = mask_t.nonzero(as_tuple=True)
-        m = cols.numel()
-        if m == 0:
-            continue
-        cand_v = d.reshape(-1)[rows * e + cols]
-        # Pack each column's candidates into a padded (s, width) table, then merge by topk.
-        counts = torch.bincount(cols, minlength=s)
-        width = int(counts.max())
-        starts = torch.cumsum(counts, 0) - counts
-        slot = cols * width + (torch.arange(m, device=dev) - starts[cols])
-        pad_v = torch.full((s * width,), inf, dtype=xp.dtype, device=dev)
-        pad_i = torch.full((s * width,), -1, dtype=torch.long, device=dev)
-        pad_v[slot] = cand_v
-        pad_i[slot] = rows + s
-        all_v = torch.cat([vals[:s], pad_v.view(s, width)], dim=1)
-        all_i = torch.cat([idx[:s], pad_i.view(s, width)], dim=1)
-        v2, j2 = all_v.topk(k1, dim=1, largest=False, sorted=False)
-        vals[:s], idx[:s] = v2, all_i.gather(1, j2)
+        # Column direction: d[r, c] (c < s) is also the score of row s + r for row c. Only
+        # entries above row c's current (k+1)-th best can enter (after the first blocks a few
+        # per row); they are gathered chunk by chunk of earlier rows, so every temporary is
+        # O(block x block). Strict ">": a point equal to the (k+1)-th best may be left out,
+        # which keeps the invariant _finish relies on (everything left out is >= the largest
+        # candidate distance).
+        for c0 in range(0, s, block_size):
+            c1 = min(c0 + block_size, s)
+            _merge_column_candidates(d, vals, idx, c0, c1, s)
+    del buf
+    l2 = x_sq is not None
 
     def exact_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
         d = torch.empty(rows.numel(), n, dtype=xp.dtype, device=dev)
-        _symmetric_distance_block(xp[rows], xp, None if x_sq is None else x_sq[rows], x_sq, d)
-        d[torch.arange(rows.numel(), device=dev), rows] = inf
-        vals, idx = d.sort(dim=1, stable=True)
+        _symmetric_scores(xp[rows], xp, None if x_sq is None else x_sq[rows], x_sq, d)
+        d[torch.arange(rows.numel(), device=dev), rows] = -inf
+        vals, idx = _symmetric_to_distance(d, l2).sort(dim=1, stable=True)
         return vals[:, :k], idx[:, :k]
 
-    return _finish(vals, idx, k, exact_rows)
+    return _finish(_symmetric_to_distance(vals, l2), idx, k, exact_rows)
 
 
 def knn(
@@ -419,7 +443,7 @@ def knn(
     *,
     metric: Metric = "cos",
     block_size: int = 2048,
-    symmetric: bool = False,
+    symmetric: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Exact k nearest neighbours of every row of x among the other rows.
 
@@ -427,17 +451,21 @@ def knn(
     (distance, index) (see the module docstring for metrics and ties). dist is float32 (float64
     for float64 input). Memory O(block_size x N).
 
-    symmetric=False (default): full (block_size, N) row blocks, one GEMM per block.
-    symmetric=True: only the lower triangle of the distance matrix (half the GEMM work, about
-    2.5x the memory). A pair's distance is then computed once and used for both rows, from
-    GEMMs of different shapes, so the duplicate rule (module docstring) cannot be applied by
-    column: input with exact duplicates runs the default search instead (same results).
-    Both follow the module's conventions; near-ties can round differently between the two.
+    symmetric=True: only the lower triangle of the distance matrix, (block_size, rows so far)
+    slabs (half the GEMM work; the default on CPU, where the GEMM is the cost). A pair's
+    distance is then computed once and used for both rows, from GEMMs of different shapes, so
+    the duplicate rule (module docstring) cannot be applied by column: input with exact
+    duplicates runs the row-block search instead (same results). symmetric=False: full
+    (block_size, N) row blocks, one GEMM each (the default on other devices, where the GEMM is
+    cheap and each merge of the symmetric search would wait for the device). Both follow the
+    module's conventions; near-ties can round differently between the two.
     """
     xp, x_sq, dups = _prepare(x, metric)
     _check_k(k, xp.shape[0])
     if not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    if symmetric is None:
+        symmetric = xp.device.type == "cpu"
     if symmetric and dups is None:
         return _knn_symmetric(xp, x_sq, k, block_size)
     return _knn_rowblock(xp, x_sq, dups, k, block_size)

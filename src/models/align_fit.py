@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from src.data.io import load_torch, save_torch_atomic
 from src.errors import UserError
 from src.metrics.contrastive import mrl_info_nce
-from src.metrics.retrieval_sets import retrieval_rows
+from src.metrics.retrieval import retrieval_rows
 from src.models.dual_encoder import DualAdapters, DualEncoderConfig
 
 CHECKPOINT = "checkpoint.pt"

@@ -19,7 +19,7 @@ from src.metrics.probe import (
     topk_hits,
     zero_shot_logits,
 )
-from src.metrics.retrieval_sets import retrieval_rows
+from src.metrics.retrieval import retrieval_rows
 from src.metrics.stats import bootstrap_statistic, summarize
 
 
