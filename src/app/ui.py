@@ -51,8 +51,9 @@ def _pictures(results: Path, tab: Tab) -> None:
                     f"{html.escape(str(results))}: run {tab.needs}",
                     elem_classes=["missing"])  # fmt: skip
         return
+    # "contain": the default "cover" crops the overlays' colour-bar labels
     gr.Gallery([str(p) for p in found], columns=3, height="auto", label=tab.title,
-               elem_id="pictures")  # fmt: skip
+               object_fit="contain", elem_id="pictures")  # fmt: skip
 
 
 def _live_panel(gallery: dict[str, Choice], perturber: LivePerturber) -> None:

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from src.data.images import ImageRecord, load_image
 from src.data.io import atomic_write, write_manifest
 from src.data.paths import align_table, attention_maps_dir
 from src.errors import UserError
@@ -64,6 +65,14 @@ def similarity_rows(space, images: dict[str, Image.Image], texts: list[str]) -> 
     return pd.DataFrame(rows)
 
 
+def _decode(path: Path) -> Image.Image:
+    """RGB, upright (EXIF orientation), through the loader every stage uses; bad files named."""
+    loaded = load_image(ImageRecord(path.parent.name, path.stem, path, None))
+    if loaded.image is None:
+        raise UserError(f"--image {path}: {loaded.error}")
+    return loaded.image
+
+
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     space = load_joint_space(args.model_id, device, resolve_dtype(args.dtype, device),
@@ -72,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     missing = [str(p) for p in args.image if not p.is_file()]
     if missing:
         raise UserError(f"--image: no such file(s): {missing}")
-    images = {p.stem: Image.open(p).convert("RGB") for p in args.image}
+    images = {p.stem: _decode(p) for p in args.image}
     if len(images) != len(args.image):
         raise UserError("--image: two files share a name (stem); rename one")
     table = similarity_rows(space, images, list(args.text))
