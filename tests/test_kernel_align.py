@@ -307,6 +307,9 @@ def _connector_eval(folder: Path, colour_right: list[bool], nll: list[float]) ->
     pd.DataFrame({"shard": "s", "key": keys, "bertscore_caption_post_ref": 0.9,
                   "mini_nll_caption_reference": nll, "mini_nll_caption_post": 0.1}).to_csv(
         folder / "eval/scored/s.csv")  # fmt: skip
+    # score_captions also writes a summary table beside the per-shard ones: not images
+    pd.DataFrame({"score": ["mini_nll_caption_post"], "mean": [0.1]}).to_csv(
+        folder / "eval/scored/summary.csv", index=False)  # fmt: skip
     held = {"n": len(nll), "colour": {"majority_baseline": 0.2},
             "shape": {"majority_baseline": 0.3}}  # fmt: skip
     (folder / "config.json").write_text(json.dumps({"training": {"heldout": held}}))

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from src.data.io import atomic_write, write_manifest
-from src.data.paths import kernel_table
+from src.data.paths import kernel_table, summary_table
 from src.errors import InputMissing, UserError
 from src.metrics.stats import bootstrap_ci, permutation_pvalue
 from src.models.connector import CONFIG_NAME
@@ -65,7 +65,11 @@ def per_image(folder: Path) -> pd.DataFrame:
     """One row per held-out image (key) and one column per metric."""
     out: dict[str, pd.Series] = {}
     for metric, (table, col) in METRICS.items():
-        paths = [folder / table] if table == HELDOUT else sorted((folder / table).glob("*.csv"))
+        if table == HELDOUT:
+            paths = [folder / table]
+        else:  # score_captions' per-shard tables, not its summary.csv
+            skip = summary_table(folder / table).name
+            paths = sorted(p for p in (folder / table).glob("*.csv") if p.name != skip)
         if not paths or not paths[0].exists():
             raise InputMissing(f"{folder / table} not found (train_connector / score_captions)")
         df = pd.concat([pd.read_csv(p, keep_default_na=False) for p in paths]).set_index("key")
