@@ -200,7 +200,12 @@ def kernel_steps(args: argparse.Namespace) -> list[Step]:
                out_dir=work / "tower", work_dir=work / "work", tables_dir=out,
                device=args.device, skip_existing=True, no_progress=args.no_progress)),
     ]  # fmt: skip
-    pair = [f"{n}={KERNEL_CONNECTORS / n}" for n in ("original", "kernel")]
+    # relative to the working directory where possible: the manifest keeps the argument as given
+    here = Path.cwd()
+    folder = KERNEL_CONNECTORS
+    if here == folder or here in folder.parents:
+        folder = folder.relative_to(here)
+    pair = [f"{n}={folder / n}" for n in ("original", "kernel")]
     if all((KERNEL_CONNECTORS / n / "eval").is_dir() for n in ("original", "kernel")):
         steps.append(("kernel connectors compared", compare_connectors.main,
                       [a for p in pair for a in ("--connector", p)]
