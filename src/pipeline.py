@@ -209,7 +209,7 @@ def kernel_steps(args: argparse.Namespace) -> list[Step]:
     if all((KERNEL_CONNECTORS / n / "eval").is_dir() for n in ("original", "kernel")):
         steps.append(("kernel connectors compared", compare_connectors.main,
                       [a for p in pair for a in ("--connector", p)]
-                      + flags(baseline="original", out_dir=out)))  # fmt: skip
+                      + flags(baseline="original", out_dir=out, skip_existing=True)))  # fmt: skip
     return steps
 
 

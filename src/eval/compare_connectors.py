@@ -145,7 +145,8 @@ STAGE = Stage(
     parser=get_args_parser,
     run=run,
     inputs=lambda a: [Path(v) for v in parse_assignments(a.connector, "--connector").values()],
-    outputs=lambda a: [a.out_dir],
+    # the table, not the folder: train_kernel_align's tables may share --out_dir
+    outputs=lambda a: [kernel_table(a.out_dir, "connectors")],
     description="connectors on two towers, held-out captions",
 )
 
