@@ -360,7 +360,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--metrics", nargs="+", default=["cos", "l2"], choices=["cos", "l2"])
     p.add_argument("--methods", nargs="+", default=list(KNN_METHODS), choices=KNN_METHODS)
-    p.add_argument("--block_size", type=int, default=2048, help="our searches' block size")
+    p.add_argument("--block_size", type=int, default=1024, help="our searches' block size")
     p.add_argument("--cka_n", type=int, default=10_000)
     p.add_argument("--dense_h_n", type=int, nargs="+", default=[1000, 2000, 4000])
     p.add_argument("--repeats", type=int, default=2)

@@ -98,7 +98,7 @@ def _prepare(
     _check_metric(metric)
     check_features(x, name)
     xp = x.to(_compute_dtype(x)).contiguous()
-    sq = (xp * xp).sum(dim=1)
+    sq = _row_squares(xp)
     dups = _Duplicates.find(xp, sq)
     if metric == "cos":
         zero = sq == 0
@@ -110,6 +110,12 @@ def _prepare(
             )
         return xp / sq.sqrt().unsqueeze(1), None, dups
     return xp, sq, dups
+
+
+def _row_squares(x: Tensor, chunk: int = 4096) -> Tensor:
+    """Row sums of squares of x (N, D) -> (N,), chunk rows at a time: the same per-row
+    arithmetic as (x * x).sum(1), without an N x D temporary."""
+    return torch.cat([(c * c).sum(dim=1) for c in x.split(chunk)])
 
 
 class _Duplicates:
@@ -442,7 +448,7 @@ def knn(
     k: int,
     *,
     metric: Metric = "cos",
-    block_size: int = 2048,
+    block_size: int = 1024,
     symmetric: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Exact k nearest neighbours of every row of x among the other rows.
@@ -583,7 +589,7 @@ def _check_values(values: Tensor, nbrs_a: Tensor, nbrs_b: Tensor) -> Tensor:
     return v
 
 
-def mutual_knn(x_a: Tensor, x_b: Tensor, k: int, *, block_size: int = 2048) -> Tensor:
+def mutual_knn(x_a: Tensor, x_b: Tensor, k: int, *, block_size: int = 1024) -> Tensor:
     """platonic-rep's "mutual_knn", under its own name: the cosine kNN overlap, per image.
 
     x_a: (N, Da), x_b: (N, Db) -> (N,) float64; .mean() is platonic-rep's score (they L2-normalise
