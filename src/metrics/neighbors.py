@@ -228,6 +228,9 @@ def _apply_duplicates(
     return scores
 
 
+_GEMM_COLUMNS = 4096
+
+
 def _symmetric_scores(
     q: Tensor, x: Tensor, q_sq: Tensor | None, x_sq: Tensor | None, out: Tensor
 ) -> Tensor:
@@ -236,11 +239,15 @@ def _symmetric_scores(
     <q_i, x_j> (cos, rows unit) or 2 <q_i, x_j> - |q_i|^2 - |x_j|^2 = -|q_i - x_j|^2 (l2).
     (b, m) into out. _symmetric_to_distance turns them into distances.
     """
-    if x_sq is None:
-        return torch.mm(q, x.T, out=out)
-    assert q_sq is not None
-    torch.addmm(x_sq.unsqueeze(0), q, x.T, alpha=2.0, beta=-1.0, out=out)
-    return out.sub_(q_sq.unsqueeze(1))
+    # Column chunks: one GEMM over all of x would pack x^T whole (tens of MB at N = 20k).
+    for c0 in range(0, x.shape[0], _GEMM_COLUMNS):
+        c1 = min(c0 + _GEMM_COLUMNS, x.shape[0])
+        if x_sq is None:
+            torch.mm(q, x[c0:c1].T, out=out[:, c0:c1])
+        else:
+            torch.addmm(x_sq[c0:c1].unsqueeze(0), q, x[c0:c1].T, alpha=2.0, beta=-1.0,
+                        out=out[:, c0:c1])  # fmt: skip
+    return out if q_sq is None else out.sub_(q_sq.unsqueeze(1))
 
 
 def _symmetric_to_distance(scores: Tensor, l2: bool) -> Tensor:
