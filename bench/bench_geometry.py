@@ -232,8 +232,10 @@ def bench_knn(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                 sys.executable, "-m", "bench.bench_geometry", "--worker", method,
                 "--metric", metric, "--save", str(save), "--n", str(args.n), "--d", str(args.d),
                 "--k", str(args.k), "--seed", str(args.seed), "--threads", str(args.threads),
-                "--repeats", str(repeats), "--block_size", str(args.block_size),
+                "--repeats", str(repeats),
             ]  # fmt: skip
+            if args.block_size is not None:
+                cmd += ["--block_size", str(args.block_size)]
             print(f"kNN {metric}: {method} ...", flush=True)
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
@@ -360,7 +362,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--metrics", nargs="+", default=["cos", "l2"], choices=["cos", "l2"])
     p.add_argument("--methods", nargs="+", default=list(KNN_METHODS), choices=KNN_METHODS)
-    p.add_argument("--block_size", type=int, default=1024, help="our searches' block size")
+    p.add_argument("--block_size", type=int, help="our searches' block size (default: knn's)")
     p.add_argument("--cka_n", type=int, default=10_000)
     p.add_argument("--dense_h_n", type=int, nargs="+", default=[1000, 2000, 4000])
     p.add_argument("--repeats", type=int, default=2)

@@ -79,7 +79,7 @@ def duplicated(n_base: int = 30, copies: int = 4, d: int = 6, seed: int = 0) -> 
 
 @pytest.mark.parametrize("metric", ["cos", "l2"])
 @pytest.mark.parametrize("symmetric", [False, True, None])
-@pytest.mark.parametrize("block_size", [1, 7, 64, 500])
+@pytest.mark.parametrize("block_size", [1, 7, 64, 500, None])
 def test_knn_matches_reference(metric, symmetric, block_size):
     x = torch.randn(120, 16, generator=torch.Generator().manual_seed(1))
     d, i = knn(x, 10, metric=metric, block_size=block_size, symmetric=symmetric)
@@ -87,6 +87,15 @@ def test_knn_matches_reference(metric, symmetric, block_size):
     assert d.shape == (120, 10) and i.dtype == torch.int64
     np.testing.assert_array_equal(i.numpy(), ri)
     np.testing.assert_allclose(d.numpy(), rd, rtol=1e-5, atol=1e-5)
+
+
+def test_default_block_keeps_one_block_within_its_budget():
+    from src.metrics.neighbors import SLAB_ELEMENTS, default_block_size
+
+    assert default_block_size(20_000) == 1024
+    for n in (40_000, 100_000, 500_000):
+        assert default_block_size(n) * n <= SLAB_ELEMENTS < (default_block_size(n) + 1) * n
+    assert default_block_size(10_000_000) == 64  # the floor: GEMMs of fewer rows waste the CPU
 
 
 @pytest.mark.parametrize("symmetric", [False, True])

@@ -90,7 +90,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--block_size", type=int, default=1024, help="rows per kNN block")
+    p.add_argument(
+        "--block_size", type=int, help="rows per kNN block (default: 1024, fewer above 32k images)"
+    )
     p.add_argument("--skip_existing", action="store_true")
     p.add_argument("--no_progress", action="store_true")
     return p

@@ -228,7 +228,15 @@ def _apply_duplicates(
     return scores
 
 
-_GEMM_COLUMNS = 4096
+_GEMM_COLUMNS = 4096  # columns per GEMM of a symmetric slab
+_MERGE_ROWS = 4096  # earlier rows per candidate merge of a symmetric slab
+SLAB_ELEMENTS = 2**25  # the default block: block x N distances within 128 MB of float32
+
+
+def default_block_size(n: int) -> int:
+    """Rows per block when none is given: 1024, fewer above N = 32k so that one (block, N)
+    block stays within SLAB_ELEMENTS (at least 64 rows)."""
+    return min(1024, max(64, SLAB_ELEMENTS // max(n, 1)))
 
 
 def _symmetric_scores(
@@ -434,8 +442,8 @@ def _knn_symmetric(
         # O(block x block). Strict ">": a point equal to the (k+1)-th best may be left out,
         # which keeps the invariant _finish relies on (everything left out is >= the largest
         # candidate distance).
-        for c0 in range(0, s, block_size):
-            c1 = min(c0 + block_size, s)
+        for c0 in range(0, s, _MERGE_ROWS):
+            c1 = min(c0 + _MERGE_ROWS, s)
             _merge_column_candidates(d, vals, idx, c0, c1, s)
     del buf
     l2 = x_sq is not None
@@ -455,14 +463,14 @@ def knn(
     k: int,
     *,
     metric: Metric = "cos",
-    block_size: int = 1024,
+    block_size: int | None = None,
     symmetric: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Exact k nearest neighbours of every row of x among the other rows.
 
     x: (N, D), N > k, finite -> (dist (N, k), idx (N, k) int64) on x's device, each row sorted by
     (distance, index) (see the module docstring for metrics and ties). dist is float32 (float64
-    for float64 input). Memory O(block_size x N).
+    for float64 input). Memory O(block_size x N); block_size=None: default_block_size(N).
 
     symmetric=True: only the lower triangle of the distance matrix, (block_size, rows so far)
     slabs (half the GEMM work; the default on CPU, where the GEMM is the cost). A pair's
@@ -475,6 +483,8 @@ def knn(
     """
     xp, x_sq, dups = _prepare(x, metric)
     _check_k(k, xp.shape[0])
+    if block_size is None:
+        block_size = default_block_size(xp.shape[0])
     if not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     if symmetric is None:
@@ -596,7 +606,7 @@ def _check_values(values: Tensor, nbrs_a: Tensor, nbrs_b: Tensor) -> Tensor:
     return v
 
 
-def mutual_knn(x_a: Tensor, x_b: Tensor, k: int, *, block_size: int = 1024) -> Tensor:
+def mutual_knn(x_a: Tensor, x_b: Tensor, k: int, *, block_size: int | None = None) -> Tensor:
     """platonic-rep's "mutual_knn", under its own name: the cosine kNN overlap, per image.
 
     x_a: (N, Da), x_b: (N, Db) -> (N,) float64; .mean() is platonic-rep's score (they L2-normalise
