@@ -185,6 +185,13 @@ def align_maps_steps(args: argparse.Namespace) -> list[Step]:
 KERNEL_CONNECTORS = Path(__file__).resolve().parents[1] / "sample" / "kernel_connectors"
 
 
+def committed(path: Path) -> Path:
+    """A committed input as the stages are given it: relative to the working directory where
+    it lies below it (manifests keep arguments as given, so they stay portable)."""
+    here = Path.cwd()
+    return path.relative_to(here) if here in path.parents else path
+
+
 def kernel_steps(args: argparse.Namespace) -> list[Step]:
     """Seed D (KUEA): a small kernel alignment of EfficientNet-Lite0 to CRAFT on the sample
     (--kernel_n training images of synth_00, the teacher CRAFT at 96 px), and the committed
@@ -200,11 +207,7 @@ def kernel_steps(args: argparse.Namespace) -> list[Step]:
                out_dir=work / "tower", work_dir=work / "work", tables_dir=out,
                device=args.device, skip_existing=True, no_progress=args.no_progress)),
     ]  # fmt: skip
-    # relative to the working directory where possible: the manifest keeps the argument as given
-    here = Path.cwd()
-    folder = KERNEL_CONNECTORS
-    if here == folder or here in folder.parents:
-        folder = folder.relative_to(here)
+    folder = committed(KERNEL_CONNECTORS)
     pair = [f"{n}={folder / n}" for n in ("original", "kernel")]
     if all((KERNEL_CONNECTORS / n / "eval").is_dir() for n in ("original", "kernel")):
         steps.append(("kernel connectors compared", compare_connectors.main,
