@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                     times.setdefault(f"{name}@{count}", []).append(time.perf_counter() - t0)
         med = {k: statistics.median(v) for k, v in times.items()}
         one = med["one_cka"]
-        pick = "gram" if _use_gram_null(n, dx, dy, 8, 200) else "feature"
+        pick = "gram" if _use_gram_null(n, dx, dy, 200) else "feature"
         print(f"N={n} Dx={dx} Dy={dy}: one CKA {one:.3f} s; cost rule picks {pick} for 200")
         total = {}
         for name in cands(m):

@@ -98,7 +98,7 @@ def _prepare(
     _check_metric(metric)
     check_features(x, name)
     xp = x.to(_compute_dtype(x)).contiguous()
-    sq = _row_squares(xp)
+    sq = (xp * xp).sum(dim=1)
     dups = _Duplicates.find(xp, sq)
     if metric == "cos":
         zero = sq == 0
@@ -110,12 +110,6 @@ def _prepare(
             )
         return xp / sq.sqrt().unsqueeze(1), None, dups
     return xp, sq, dups
-
-
-def _row_squares(x: Tensor, chunk: int = 4096) -> Tensor:
-    """Row sums of squares of x (N, D) -> (N,), chunk rows at a time: the same per-row
-    arithmetic as (x * x).sum(1), without an N x D temporary."""
-    return torch.cat([(c * c).sum(dim=1) for c in x.split(chunk)])
 
 
 class _Duplicates:

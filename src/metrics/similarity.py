@@ -297,10 +297,11 @@ GRAM_NULL_MAX_BYTES = 2 * 2**30
 GATHER_COST = 100.0
 
 
-def _use_gram_null(n: int, dx: int, dy: int, itemsize: int, n_perm: int) -> bool:
+def _use_gram_null(n: int, dx: int, dy: int, n_perm: int) -> bool:
     """Per case: the N x N form when its total cost (building the two Gram matrices,
-    N^2 (Dx + Dy), then n_perm gathers of N^2) and its memory are the smaller."""
-    if 2 * n * n * itemsize > GRAM_NULL_MAX_BYTES:
+    N^2 (Dx + Dy), then n_perm gathers of N^2) and its memory (two float32 N x N) are the
+    smaller."""
+    if 2 * n * n * 4 > GRAM_NULL_MAX_BYTES:
         return False
     gram = n * n * (dx + dy) + n_perm * GATHER_COST * n * n
     return gram < n_perm * n * dx * dy
@@ -353,7 +354,7 @@ def _linear_null_cross(
     n, dx, dy = xc.shape[0], xc.shape[1], yc.shape[1]
     perms = list(_permutations(n, n_perm, seed))
     if gram is None:
-        gram = _use_gram_null(n, dx, dy, 4, n_perm)
+        gram = _use_gram_null(n, dx, dy, n_perm)
     if gram:  # float32 Gram matrices: _gram_null_cross works in float32
         return _gram_null_cross(_sym_gram(xc.float()), _sym_gram(yc.float()), iter(perms)), perms
     cross = torch.stack([(yc[p.to(xc.device)].T @ xc).square().sum() for p in perms])
