@@ -257,25 +257,38 @@ def attention_images(args: argparse.Namespace) -> list[Path]:
 def align_steps(args: argparse.Namespace) -> list[Step]:
     """Seed E phase 1 on the offline default: a dual encoder (EfficientNet-Lite0 + MiniLM
     adapters, on the pooled features the efficientnet-lite0 reference step cached) and
-    eval_probe of it (zero-shot, linear probe of the tower and of the joint space, retrieval)."""
-    name = "efficientnet-lite0_minilm"
-    images, dual = args.data / "sample", args.data / "align" / name
-    cache = args.data / "clip_ref" / "efficientnet-lite0"
-    common = dict(device=args.device, skip_existing=True, no_progress=args.no_progress)
-    return [
-        ("dual encoder (train_align)", train_align.main,
-         flags(root=images, name=name, out_dir=dual, results=args.results, vision_cache=cache,
-               epochs=args.align_epochs, **common)),
-        ("probe the dual encoder (eval_probe)", eval_probe.main,
-         flags(root=images, name=name, vision=f"efficientnet-lite0,{dual}", text=dual,
-               results=args.results, cache_dir=args.data / "probe_cache",
-               vision_cache=f"efficientnet-lite0={cache}", **common)),
-        # seed A's attention maps, in the joint space this dual encoder just made
-        ("attention maps", attention_maps.main,
-         flags(image=attention_images(args), text=ATTENTION_TEXTS, model_id=dual,
-               out_dir=attention_maps_dir(args.results),
-               device=args.device, skip_existing=True)),
-    ]  # fmt: skip
+    eval_probe of it (zero-shot, linear probe of the tower and of the joint space, retrieval);
+    the same for the committed kernel-aligned tower (sample/kernel_connectors/tower, the one
+    whose connector kernel_steps compares), trained and probed on the same images and splits."""
+    images, common = args.data / "sample", dict(device=args.device, skip_existing=True,
+                                                 no_progress=args.no_progress)  # fmt: skip
+    towers = [("efficientnet-lite0_minilm", "efficientnet-lite0",
+               args.data / "clip_ref" / "efficientnet-lite0")]  # fmt: skip
+    if (KERNEL_CONNECTORS / "tower" / "tower.json").is_file():
+        towers.append(("kernel-aligned_minilm", str(committed(KERNEL_CONNECTORS / "tower")), None))
+    steps: list[Step] = []
+    # the captions' MiniLM features, computed once (the first dual encoder's cache)
+    text = args.data / "align" / towers[0][0] / "cache" / "text_minilm.pt"
+    for i, (name, tower, cache) in enumerate(towers):
+        dual = args.data / "align" / name
+        cache = cache or dual / "cache" / "vision"  # train_align's own pass over the images
+        reuse = dict(text_cache=text) if i else {}
+        steps += [
+            (f"dual encoder {name} (train_align)", train_align.main,
+             flags(root=images, name=name, out_dir=dual, results=args.results, vision=tower,
+                   vision_cache=cache, epochs=args.align_epochs, **reuse, **common)),
+            (f"probe {name} (eval_probe)", eval_probe.main,
+             flags(root=images, name=name, vision=f"{tower},{dual}", text=dual,
+                   results=args.results, cache_dir=args.data / "probe_cache",
+                   vision_cache=f"{tower}={cache}", **common)),
+        ]  # fmt: skip
+    dual = args.data / "align" / towers[0][0]
+    # seed A's attention maps, in the joint space of the first dual encoder
+    steps.append(("attention maps", attention_maps.main,
+                  flags(image=attention_images(args), text=ATTENTION_TEXTS, model_id=dual,
+                        out_dir=attention_maps_dir(args.results),
+                        device=args.device, skip_existing=True)))  # fmt: skip
+    return steps
 
 
 def plan(args: argparse.Namespace) -> list[Step]:

@@ -116,11 +116,18 @@ def captions_of(pooled: Pooled) -> tuple[list[list[str]], list[dict[str, str]]]:
 
 
 def text_features(
-    texts: list[str], tower: str, cache: Path, *, device: torch.device, dtype: torch.dtype
+    texts: list[str],
+    tower: str,
+    cache: Path,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    reuse: Path | None = None,
 ) -> torch.Tensor:
-    """(len(texts), D_t) text tower features, cached in one file keyed by tower and texts."""
-    if cache.exists():
-        saved = load_torch(cache)
+    """(len(texts), D_t) text tower features, cached in one file keyed by tower and texts.
+    reuse: another such file, read (never written) when it holds the same tower and texts."""
+    for path in (p for p in (reuse, cache) if p is not None and p.exists()):
+        saved = load_torch(path)
         if saved.get("tower") == tower and saved.get("texts") == texts:
             return saved["vectors"]
     from src.models.text_towers import load_text_tower

@@ -248,6 +248,13 @@ class AlignData:
             "<out_dir>/cache/vision; an extract_clip output of the same tower is reused)"
         },
     )
+    text_cache: Path | None = field(
+        default=None,
+        metadata={
+            "help": "another dual encoder's text-feature file (<its out_dir>/cache/text_<tower>"
+            ".pt), reused when it holds the same tower and captions; never written"
+        },
+    )
     feature_batch_size: int = field(default=32, metadata={"help": "images per feature batch"})
     no_progress: bool = field(default=False, metadata={"help": "no progress bars"})
 
@@ -274,7 +281,8 @@ def build_pairs(
     texts = [t for i in keep for t in caps[i]]
     owner_all = torch.tensor([j for j, i in enumerate(keep) for _ in caps[i]], dtype=torch.long)
     text_cache = out_dir / "cache" / f"text_{arch.text.replace('/', '--')}.pt"
-    tfeat = text_features(texts, arch.text, text_cache, device=device, dtype=dtype)
+    tfeat = text_features(texts, arch.text, text_cache, device=device, dtype=dtype,
+                          reuse=data.text_cache)  # fmt: skip
     split = [
         split_of(pooled.keys[i], cfg.val_fraction, cfg.test_fraction, cfg.split_seed) for i in keep
     ]
