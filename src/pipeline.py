@@ -29,6 +29,7 @@ from src.data.paths import (
     vector_shard_dir,
 )
 from src.data.sample import scene_shard
+from src.errors import UserError
 from src.eval import (
     align_speed,
     compare_connectors,
@@ -49,6 +50,36 @@ from src.runtime import csv_list
 from src.train import export_recon, train_align, train_kernel_align, train_recon, train_sae
 
 Step = tuple[str, Callable[[list[str]], int], list[str]]
+
+# the SAE study's layers per model: four spread over SmolLM2's 30 blocks; mini-gemma's Gemma 3
+# has 18 (sized for the main job's budget: README, SAE section)
+SAE_LAYERS = "mini=3,11,19,27;mini-gemma=2,8,14"
+
+
+def sae_layer_lists(text: str) -> dict[str, str]:
+    """'mini=3,11;mini-gemma=2,8' -> {'mini': '3,11', 'mini-gemma': '2,8'}; an entry without
+    'MODEL=' is stored under '' (every model without its own list)."""
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        model, _, layers = part.rpartition("=")
+        ints = csv_list(layers)
+        if not ints or not all(x.isdigit() for x in ints):
+            raise argparse.ArgumentTypeError(f"{part!r}: want MODEL=L,L,... (block indices)")
+        if model.strip() in out:
+            raise argparse.ArgumentTypeError(f"{part!r}: {model.strip() or 'a bare list'} twice")
+        out[model.strip()] = ",".join(ints)
+    return out
+
+
+def sae_layers_of(lists: dict[str, str], model: str) -> str:
+    """The --sae_layers list of one model (its own, else the bare one)."""
+    if model in lists:
+        return lists[model]
+    if "" in lists:
+        return lists[""]
+    raise UserError(f"--sae_layers has no list for {model!r} (add ';{model}=L,L,...')")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -121,8 +152,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--num_workers", type=int, help="decode workers (default: automatic)")
     p.add_argument("--no_progress", action="store_true")
-    p.add_argument("--sae_models", default="mini", help="models of the SAE study ('' skips it)")
-    p.add_argument("--sae_layers", default="3,11,19,27", help="LLM layers of the SAE study")
+    p.add_argument("--sae_models", help="models of the SAE study (default: --models; '' skips it)")
+    p.add_argument(
+        "--sae_layers",
+        type=sae_layer_lists,
+        default=SAE_LAYERS,
+        help="LLM layers of the SAE study per model: 'MODEL=L,L,...;MODEL=...', block indices "
+        "from 0; a list without 'MODEL=' is every other model's (default '%(default)s')",
+    )
     p.add_argument("--sae_images", type=int, default=64, help="held-out images measured")
     p.add_argument("--sae_texts", type=int, default=128, help="captions the SAEs train on")
     p.add_argument("--sae_nll_images", type=int, default=16, help="images for the delta-NLL")
@@ -220,8 +257,10 @@ def sae_steps(args: argparse.Namespace) -> list[Step]:
     """Seed C on each of --sae_models: cache the residual stream of the held-out shard, train
     TopK SAEs on the captions of another shard, then reconstruction and semantic measures."""
     steps: list[Step] = []
-    images, quiet, layers = args.data / "sample", args.no_progress, args.sae_layers
-    for model in [m for m in args.sae_models.split(",") if m]:
+    images, quiet = args.data / "sample", args.no_progress
+    models = args.models if args.sae_models is None else args.sae_models
+    for model in csv_list(models):
+        layers = sae_layers_of(args.sae_layers, model)
         acts, saes = args.data / "activations", args.data / "sae"
         common = dict(model=model, layers=layers, device=args.device, skip_existing=True,
                       no_progress=quiet)  # fmt: skip

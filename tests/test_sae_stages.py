@@ -16,7 +16,7 @@ from src.extract import cache_activations
 from src.sae.cache import load_layer_chunk
 from src.train import train_sae
 from tests.conftest import write_noise_images
-from tests.tiny_vlms import TEXT_HIDDEN, save_llava
+from tests.tiny_vlms import TEXT_HIDDEN, save_judge_lm, save_llava
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +172,24 @@ def test_stages_end_to_end(setup):
     df = pd.read_csv(out / "cached" / "sae" / "sae_semantic_llava.csv")
     assert set(df["measure"]) == {"overlap", "lens"} and len(df) == 4
     assert df["own"].between(0, 1).all() and df["chance"].between(0, 1).all()
+    assert not (out / "cached" / "sae" / "sae_judge_llava.csv").exists()  # the judge is off
+
+    # seed C's judge, on: a tiny text LM shown the captions; the semantic table stays the same
+    save_judge_lm(root / "judge")
+    judged = out / "judged" / "sae"
+    argv = [*sem[:-6], "--out_dir", str(judged), "--bootstrap", "50", "--top_features", "3"]
+    assert (
+        sae_semantic.main([*argv, "--judge", "text-lm", "--judge_model", str(root / "judge")]) == 0
+    )
+    pd.testing.assert_frame_equal(pd.read_csv(judged / "sae_semantic_llava.csv"), df)
+    j = pd.read_csv(judged / "sae_judge_llava.csv")
+    assert j["layer"].tolist() == [0, 1] and (j["judge_shown"] == "reference caption").all()
+    for name in ("own", "random", "mismatched"):
+        assert j[name].between(0, 1).all()
+        assert (j[f"{name}_ci_low"] <= j[name]).all() and (j[name] <= j[f"{name}_ci_high"]).all()
+    per = pd.read_csv(judged / "sae_judge_images_llava.csv")
+    assert len(per) == 2 * 5 and set(per["key"]) == set(pd.read_csv(
+        out / "cached" / "sae" / "sae_semantic_images_llava.csv")["key"])  # fmt: skip
 
     from src.reporting.sae_figures import sae_reconstruction_plot, sae_semantic_plot
 

@@ -141,6 +141,17 @@ def save_qwen(folder: Path, family: str) -> None:
     )
 
 
+def save_judge_lm(folder: Path) -> None:
+    """A tiny random Llama whose word-level vocabulary has YES and NO (a judge's answers)."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    tok = tokenizer(["YES", "NO"])
+    cfg = tf.LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **TEXT)
+    tf.LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+
 def _save(model, proc, folder: Path) -> None:
     model.generation_config.pad_token_id = proc.tokenizer.pad_token_id
     model.generation_config.eos_token_id = proc.tokenizer.eos_token_id

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -278,36 +279,75 @@ def content_words(caption: str) -> set[str]:
     return {w for w in words if (len(w) >= 3 or w.isdigit()) and w not in STOPWORDS}
 
 
-def token_words(tokenizer: Any, ids: list[int]) -> set[str]:
-    """Token strings as words: the tokenizer's space marks and punctuation stripped."""
-    out = set()
+def token_word_list(tokenizer: Any, ids: list[int]) -> list[str]:
+    """Token strings as words, in order, each once: the tokenizer's space marks and punctuation
+    stripped, empty ones dropped."""
+    out: dict[str, None] = {}
     for t in tokenizer.convert_ids_to_tokens(ids):
         w = re.sub(r"[^a-z0-9]", "", str(t).lower().replace("Ġ", "").replace("▁", ""))
         if w:
-            out.add(w)
-    return out
+            out[w] = None
+    return list(out)
+
+
+def token_words(tokenizer: Any, ids: list[int]) -> set[str]:
+    """Token strings as words (token_word_list as a set)."""
+    return set(token_word_list(tokenizer, ids))
 
 
 @torch.no_grad()
-def lens_words(adapter: VLMAdapter, coder: Coder, features: list[int], top_m: int) -> dict:
-    """{feature: words of the top_m tokens of its decoder direction read through the LLM's final
-    norm module and unembedding} (the logit lens of a feature)."""
+def lens_tokens(
+    adapter: VLMAdapter, coder: Coder, features: list[int], top_m: int
+) -> dict[int, list[int]]:
+    """{feature: ids of the top_m tokens of its decoder direction read through the LLM's final
+    norm module and unembedding, best first} (the logit lens of a feature)."""
     norm, unembed = adapter.lm_readout()
-    tok = adapter.text_tokenizer()
     out = {}
     for s in range(0, len(features), 256):
         f = features[s : s + 256]
         w = unembed.weight
         dirs = coder.W_dec[f].to(w.device, w.dtype)  # (u, D)
         ids = unembed(norm(dirs[:, None]))[:, 0].topk(top_m, dim=-1).indices.tolist()
-        out.update({feat: token_words(tok, row) for feat, row in zip(f, ids, strict=True)})
+        out.update(dict(zip(f, ids, strict=True)))
     return out
+
+
+def lens_words(adapter: VLMAdapter, coder: Coder, features: list[int], top_m: int) -> dict:
+    """{feature: the words of its logit lens's top_m tokens} (lens_tokens as word sets)."""
+    tok = adapter.text_tokenizer()
+    return {
+        f: token_words(tok, ids) for f, ids in lens_tokens(adapter, coder, features, top_m).items()
+    }
+
+
+def lens_descriptions(
+    adapter: VLMAdapter, coder: Coder, features: list[int], top_m: int
+) -> dict[int, str]:
+    """{feature: its logit lens's words in rank order, comma-separated}: the offline
+    description of a feature that the judge is shown."""
+    tok = adapter.text_tokenizer()
+    lens = lens_tokens(adapter, coder, features, top_m)
+    return {f: ", ".join(token_word_list(tok, ids)) or "(no words)" for f, ids in lens.items()}
+
+
+@dataclass
+class SemanticTops:
+    """What sae_semantic saw, for the judge: the images (shard, key, caption, in order), their
+    top features per layer, the features alive per layer (active on some image token) and the
+    mismatched pairing (image i with image other[i])."""
+
+    shards: list[str]
+    keys: list[str]
+    captions: list[str]
+    top: dict[int, list[torch.Tensor]]
+    alive: dict[int, torch.Tensor]
+    other: list[int]
 
 
 @torch.no_grad()
 def semantic_rows(
     args: argparse.Namespace, adapter: VLMAdapter, coders: dict[int, Coder]
-) -> tuple[list[dict], list[dict]]:
+) -> tuple[list[dict], list[dict], SemanticTops]:
     """Per layer: the share of an image's active features that its own caption's control
     tokens also use, against another image's caption (chance); and the share of its top
     features whose logit-lens words name a word of its caption, against a mismatched caption."""
@@ -317,9 +357,11 @@ def semantic_rows(
     top: dict[int, list] = defaultdict(list)
     keys: list[str] = []
     captions: list[str] = []
+    shards: list[str] = []
     for shard in source_shards(args, args.model):
         for k, c, acts in activation_batches(args, adapter, layers, shard):
             keys += k
+            shards += [shard] * len(k)
             captions += c
             for layer, coder in coders.items():
                 for x_img, x_cap in zip(acts[layer]["image"], acts[layer]["control"], strict=True):
@@ -365,4 +407,40 @@ def semantic_rows(
                     "n_images": a["n"],
                 }
             )
+    alive = {layer: torch.stack(v).any(0) for layer, v in img.items()}
+    return rows, per_image, SemanticTops(shards, keys, captions, top, alive, other)
+
+
+# --- sae_semantic --judge --------------------------------------------------------------------
+
+
+def judge_tables(
+    args: argparse.Namespace, adapter: VLMAdapter, coders: dict[int, Coder], tops: SemanticTops
+) -> tuple[list[dict], list[dict]]:
+    """Seed C's judge (src.sae.judge) on what semantic_rows saw: each feature described by its
+    logit-lens words (--top_tokens), judged own / random / mismatched per layer."""
+    from src.runtime import resolve_dtype
+    from src.sae.judge import Shown, judge_rows, make_judge
+
+    judge = make_judge(args.judge, args.judge_model, adapter.device,
+                       resolve_dtype(args.dtype, adapter.device))  # fmt: skip
+    judge.batch_size = args.judge_batch
+    paths = {}
+    if args.image_dir is not None:
+        for shard in sorted(set(tops.shards)):
+            paths.update({(shard, r.key): r.path for r in list_images(args.image_dir, shard)})
+    where = zip(tops.shards, tops.keys, tops.captions, strict=True)
+    shown = [Shown(c, paths.get((s, k))) for s, k, c in where]
+    words = {}
+    for layer, coder in coders.items():
+        feats = set(tops.alive[layer].nonzero().flatten().tolist())
+        feats |= {int(f) for t in tops.top[layer] for f in t}
+        words[layer] = lens_descriptions(adapter, coder, sorted(feats), args.top_tokens)
+    meta = {"model": args.model, "judge": args.judge, "judge_model": judge.model_id,
+            "judge_shown": judge.shown,
+            "description": f"logit lens, top {args.top_tokens} tokens"}  # fmt: skip
+    rows, per_image = judge_rows(judge, words, tops.top, tops.alive, shown, tops.other, meta,
+                                 args.bootstrap, args.seed, not args.no_progress)  # fmt: skip
+    for r in per_image:
+        r.update(shard=tops.shards[r["image"]], key=tops.keys[r["image"]])
     return rows, per_image
