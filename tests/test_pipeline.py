@@ -94,3 +94,24 @@ def test_pipeline_runs_and_reruns_without_work(tmp_path, monkeypatch, capsys):
     assert res.returncode == 0, res.stderr
     assert copied == {p: p.stat().st_mtime_ns for p in moved.rglob("*") if p.is_file()}
     assert "loaded in" not in res.stdout and "load " not in res.stdout.replace("load 0.0s", "")
+
+
+def test_sae_layers_per_model():
+    import pytest
+
+    from src.errors import UserError
+
+    def layers(argv):
+        args = pipeline.get_args_parser().parse_args(argv)
+        return {t.split()[-1]: a[a.index("--layers") + 1]
+                for t, _, a in pipeline.sae_steps(args) if t.startswith("SAEs")}  # fmt: skip
+
+    assert layers([]) == {"mini": "3,11,19,27", "mini-gemma": "2,8,14"}  # --models' two VLMs
+    assert layers(["--models", "mini"]) == {"mini": "3,11,19,27"}
+    assert layers(["--sae_layers", "1, 2;mini-gemma=5"]) == {"mini": "1,2", "mini-gemma": "5"}
+    assert layers(["--sae_models", ""]) == {}
+    with pytest.raises(UserError, match="mini-gemma=L"):
+        layers(["--sae_layers", "mini=1"])
+    for bad in ("mini=1,x", "mini=1;mini=2", "mini="):
+        with pytest.raises(SystemExit):
+            layers(["--sae_layers", bad])

@@ -102,3 +102,33 @@ def test_judge_table_own_random_mismatched_with_cis():
         assert row[f"{name}_ci_low"] <= row[name] <= row[f"{name}_ci_high"]
     assert row["own_minus_random"] == pytest.approx(row["own"] - row["random"])
     assert row["n_images"] == n and row["alive_features"] == 8 and row["features_per_image"] == k
+
+
+def test_vlm_judge_reads_a_tiny_llava_as_one_image_at_a_time(tmp_path):
+    from PIL import Image
+
+    from src.sae.judge import VLMJudge
+    from tests.tiny_vlms import save_llava
+
+    save_llava(tmp_path / "llava")
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray((torch.rand(28, 28, 3) * 255).byte().numpy()).save(paths[-1])
+    # the tiny vocabulary has no YES / NO: two of its words stand in for them
+    judge = VLMJudge(str(tmp_path / "llava"), torch.device("cpu"), torch.float32, batch_size=2,
+                     answers=("red", "blue"))  # fmt: skip
+    assert judge.shown == "image"
+    words = ["red", "blue circle square", "a green square image"]
+    got = judge.p_yes(words, [Shown("unused", p) for p in paths])
+    ref = []
+    for w, p in zip(words, paths, strict=True):
+        content = [{"type": "image"}, {"type": "text", "text": question(w, None)}]
+        msgs = [{"role": "user", "content": content}]
+        text = judge.proc.apply_chat_template(msgs, add_generation_prompt=True)
+        enc = judge.proc(text=[text], images=[Image.open(p).convert("RGB")], return_tensors="pt")
+        q = judge.model(**enc).logits[0, -1].softmax(-1)
+        ref.append(q[judge.yes].sum() / (q[judge.yes].sum() + q[judge.no].sum()))
+    torch.testing.assert_close(got, torch.stack(ref), atol=1e-5, rtol=1e-5)
+    with pytest.raises(UserError, match="image_dir"):
+        judge.p_yes(["red"], [Shown("a red circle")])
