@@ -39,7 +39,8 @@ def test_yes_no_reading_matches_a_plain_forward(tiny_lm):
     got = judge.p_yes(words, shown)  # batches of 3 of different lengths: left padding
     ref = []
     for w, s in zip(words, shown, strict=True):
-        text = f"{question(w, s.caption)}\nAnswer:"  # no chat template: a plain document
+        # no chat template: a plain document
+        text = f"{question(w, s.caption, ('YES', 'NO'))}\nAnswer:"
         ids = torch.tensor([judge.tok.encode(text, add_special_tokens=False)])
         p = judge.lm(ids).logits[0, -1].softmax(-1)
         ref.append(p[yes].sum() / (p[yes].sum() + p[no].sum()))
@@ -50,8 +51,12 @@ def test_yes_no_reading_matches_a_plain_forward(tiny_lm):
 
 def test_answer_tokens_and_chat_prompt(tiny_lm):
     tok = copy.deepcopy(TextLMJudge(str(tiny_lm), torch.device("cpu"), torch.float32).tok)
-    with pytest.raises(UserError, match="cannot tell"):
-        answer_ids(tok, ("MAYBE", "NO"))  # <unk>: not a word of the vocabulary
+    with pytest.raises(UserError, match="none of the answer pairs"):
+        answer_ids(tok, (("MAYBE", "NO"),))  # <unk>: not a word of the vocabulary
+    with pytest.raises(UserError, match="none of the answer pairs"):
+        answer_ids(tok, (("red circle", "blue"),))  # two tokens
+    pair, yes, no = answer_ids(tok, (("Yes", "No"), ("YES", "NO")))  # the first kept whole
+    assert pair == ("YES", "NO") and tok.convert_ids_to_tokens(yes + no) == ["YES", "NO"]
     tok.chat_template = "{% for m in messages %}USER: {{ m['content'] }}{% endfor %} ASSISTANT:"
     assert chat_text(tok, "is it red?") == "USER: is it red? ASSISTANT:"
 
@@ -117,13 +122,13 @@ def test_vlm_judge_reads_a_tiny_llava_as_one_image_at_a_time(tmp_path):
         Image.fromarray((torch.rand(28, 28, 3) * 255).byte().numpy()).save(paths[-1])
     # the tiny vocabulary has no YES / NO: two of its words stand in for them
     judge = VLMJudge(str(tmp_path / "llava"), torch.device("cpu"), torch.float32, batch_size=2,
-                     answers=("red", "blue"))  # fmt: skip
+                     answers=(("red", "blue"),))  # fmt: skip
     assert judge.shown == "image"
     words = ["red", "blue circle square", "a green square image"]
     got = judge.p_yes(words, [Shown("unused", p) for p in paths])
     ref = []
     for w, p in zip(words, paths, strict=True):
-        content = [{"type": "image"}, {"type": "text", "text": question(w, None)}]
+        content = [{"type": "image"}, {"type": "text", "text": question(w, None, ("red", "blue"))}]
         msgs = [{"role": "user", "content": content}]
         text = judge.proc.apply_chat_template(msgs, add_generation_prompt=True)
         enc = judge.proc(text=[text], images=[Image.open(p).convert("RGB")], return_tensors="pt")

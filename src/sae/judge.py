@@ -4,8 +4,9 @@ A feature's description is its logit-lens words (src.sae.runs.lens_tokens: the d
 direction through the LLM's final norm and unembedding). A judge is asked, per (feature, image),
 whether those words describe the image, and its answer is read from its next-token
 distribution: P(YES) / (P(YES) + P(NO)) over the tokenizer's single tokens for " YES" / "YES"
-(and the same for NO), judged YES above 0.5. No free text is generated or parsed, so the
-answer is deterministic.
+(and the same for NO; where the tokenizer splits YES or NO, the first of Yes / No, yes / no
+that it keeps whole, and the question asks for that pair), judged YES above 0.5. No free text
+is generated or parsed, so the answer is deterministic.
 
 Judges (JUDGES, by name):
 - `text-lm`: a causal text LM (default the offline SmolLM2-135M-Instruct; any OFFLINE_LMS name,
@@ -33,7 +34,8 @@ from tqdm.auto import tqdm
 from src.errors import UserError
 from src.metrics.stats import summarize
 
-ANSWERS = ("YES", "NO")
+# answer words, in order of preference: the first pair the tokenizer keeps as single tokens
+ANSWERS = (("YES", "NO"), ("Yes", "No"), ("yes", "no"))
 
 
 @dataclass(frozen=True)
@@ -44,25 +46,28 @@ class Shown:
     image: Path | None = None
 
 
-def question(words: str, caption: str | None) -> str:
+def question(words: str, caption: str | None, pair: tuple[str, str] = ANSWERS[0]) -> str:
     """The judge's question about one feature (`caption` None: the image is shown instead)."""
     about = "this image" if caption is None else f'an image described as "{caption}"'
     return (
         f"A feature of a vision-language model, active on {about}, is described by the words: "
-        f"{words}.\nDo these words describe the image? Answer {ANSWERS[0]} or {ANSWERS[1]}."
+        f"{words}.\nDo these words describe the image? Answer {pair[0]} or {pair[1]}."
     )
 
 
-def answer_ids(tokenizer: Any, answers: tuple[str, str] = ANSWERS) -> tuple[list[int], list[int]]:
-    """Token ids that start each answer: the first token of " WORD" and "WORD" (the tokenizer's
-    equivalents of " YES" / " NO"), deduplicated; the two sets must not share a token."""
-    sets = []
-    for word in answers:
-        ids = {tokenizer.encode(v, add_special_tokens=False)[:1][0] for v in (f" {word}", word)}
-        sets.append(sorted(ids))
-    if set(sets[0]) & set(sets[1]) or tokenizer.unk_token_id in sets[0] + sets[1]:
-        raise UserError(f"the judge's tokenizer cannot tell {answers[0]} from {answers[1]}")
-    return sets[0], sets[1]
+def answer_ids(
+    tokenizer: Any, pairs: tuple[tuple[str, str], ...] = ANSWERS
+) -> tuple[tuple[str, str], list[int], list[int]]:
+    """The first (yes, no) pair of `pairs` whose words the tokenizer keeps whole, as " WORD" or
+    "WORD" (one token, not unknown), and the ids of those tokens for each."""
+    for pair in pairs:
+        sets = []
+        for word in pair:
+            enc = [tokenizer.encode(v, add_special_tokens=False) for v in (f" {word}", word)]
+            sets.append(sorted({e[0] for e in enc if len(e) == 1} - {tokenizer.unk_token_id}))
+        if sets[0] and sets[1] and not set(sets[0]) & set(sets[1]):
+            return pair, sets[0], sets[1]
+    raise UserError(f"the judge's tokenizer keeps none of the answer pairs {pairs} as one token")
 
 
 def yes_share(logits: torch.Tensor, yes: list[int], no: list[int]) -> torch.Tensor:
@@ -89,7 +94,7 @@ class TextLMJudge:
     device: torch.device
     dtype: torch.dtype
     batch_size: int = 16
-    answers: tuple[str, str] = ANSWERS
+    answers: tuple[tuple[str, str], ...] = ANSWERS
     shown: ClassVar[str] = "reference caption"
     default_model: ClassVar[str | None] = "smollm2-135m-instruct"
     lm: Any = field(init=False)
@@ -99,11 +104,12 @@ class TextLMJudge:
         from src.models.towers import load_causal_lm
 
         self.lm, self.tok = load_causal_lm(self.model_id, self.device, self.dtype)
-        self.yes, self.no = answer_ids(self.tok, self.answers)
+        self.pair, self.yes, self.no = answer_ids(self.tok, self.answers)
 
     def prompts(self, words: list[str], shown: list[Shown]) -> list[str]:
         return [
-            chat_text(self.tok, question(w, s.caption)) for w, s in zip(words, shown, strict=True)
+            chat_text(self.tok, question(w, s.caption, self.pair))
+            for w, s in zip(words, shown, strict=True)
         ]
 
     @torch.no_grad()
@@ -130,7 +136,7 @@ class VLMJudge:
     device: torch.device
     dtype: torch.dtype
     batch_size: int = 8
-    answers: tuple[str, str] = ANSWERS
+    answers: tuple[tuple[str, str], ...] = ANSWERS
     shown: ClassVar[str] = "image"
     default_model: ClassVar[str | None] = None
     model: Any = field(init=False)
@@ -142,7 +148,7 @@ class VLMJudge:
         self.proc = AutoProcessor.from_pretrained(self.model_id)
         self.model = AutoModelForImageTextToText.from_pretrained(self.model_id, dtype=self.dtype)
         self.model.to(self.device).eval().requires_grad_(False)
-        self.yes, self.no = answer_ids(self.proc.tokenizer, self.answers)
+        self.pair, self.yes, self.no = answer_ids(self.proc.tokenizer, self.answers)
 
     @torch.no_grad()
     def p_yes(self, words: list[str], shown: list[Shown]) -> torch.Tensor:
@@ -155,7 +161,10 @@ class VLMJudge:
                              strict=True):  # fmt: skip
                 if sh.image is None:
                     raise UserError("the vlm judge needs the images: give --image_dir")
-                content = [{"type": "image"}, {"type": "text", "text": question(w, None)}]
+                content = [
+                    {"type": "image"},
+                    {"type": "text", "text": question(w, None, self.pair)},
+                ]
                 msgs = [{"role": "user", "content": content}]
                 texts.append(self.proc.apply_chat_template(msgs, add_generation_prompt=True))
                 images.append(Image.open(sh.image).convert("RGB"))
