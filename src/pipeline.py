@@ -183,6 +183,12 @@ def align_maps_steps(args: argparse.Namespace) -> list[Step]:
 
 
 KERNEL_CONNECTORS = Path(__file__).resolve().parents[1] / "sample" / "kernel_connectors"
+# connectors trained alike into SmolLM2 (scripts/kernel_connectors.sh, prefix_connector.sh)
+COMPARED_CONNECTORS = {
+    "original": KERNEL_CONNECTORS / "original",
+    "kernel": KERNEL_CONNECTORS / "kernel",
+    "prefix8": KERNEL_CONNECTORS.parent / "prefix_connector" / "prefix8",
+}
 
 
 def committed(path: Path) -> Path:
@@ -195,8 +201,8 @@ def committed(path: Path) -> Path:
 def kernel_steps(args: argparse.Namespace) -> list[Step]:
     """Seed D (KUEA): a small kernel alignment of EfficientNet-Lite0 to CRAFT on the sample
     (--kernel_n training images of synth_00, the teacher CRAFT at 96 px), and the committed
-    connector pair (original vs kernel-aligned tower, sample/kernel_connectors) compared on
-    their held-out captions."""
+    connectors (original vs kernel-aligned tower, sample/kernel_connectors; the dual encoder's
+    8 prefix tokens, sample/prefix_connector) compared on their held-out captions."""
     work, out = args.data / "kernel_align", kernel_results_dir(args.results)
     steps: list[Step] = [
         ("kernel alignment", train_kernel_align.main,
@@ -207,11 +213,10 @@ def kernel_steps(args: argparse.Namespace) -> list[Step]:
                out_dir=work / "tower", work_dir=work / "work", tables_dir=out,
                device=args.device, skip_existing=True, no_progress=args.no_progress)),
     ]  # fmt: skip
-    folder = committed(KERNEL_CONNECTORS)
-    pair = [f"{n}={folder / n}" for n in ("original", "kernel")]
-    if all((KERNEL_CONNECTORS / n / "eval").is_dir() for n in ("original", "kernel")):
-        steps.append(("kernel connectors compared", compare_connectors.main,
-                      [a for p in pair for a in ("--connector", p)]
+    found = {n: f for n, f in COMPARED_CONNECTORS.items() if (f / "eval").is_dir()}
+    if {"original", "kernel"} <= set(found):
+        steps.append(("connectors compared", compare_connectors.main,
+                      [a for n, f in found.items() for a in ("--connector", f"{n}={committed(f)}")]
                       + flags(baseline="original", out_dir=out, skip_existing=True)))  # fmt: skip
     return steps
 
