@@ -112,10 +112,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--results", type=Path, default=Path("results"), help="result tables")
     p.add_argument("--figures", type=Path, default=Path("figures"), help="figures and report")
-    p.add_argument("--recon_epochs", type=int, default=20)
+    p.add_argument("--recon_epochs", type=int, default=15)
     p.add_argument("--caption_shard", default="synth_03", help="held-out shard to caption")
     p.add_argument("--caption_n", type=int, default=200, help="images captioned per variant")
-    p.add_argument("--perturb_n", type=int, default=100, help="images per perturbation level")
+    p.add_argument("--perturb_n", type=int, default=80, help="images per perturbation level")
     p.add_argument(
         "--caption_n_others",
         type=int,
@@ -173,21 +173,21 @@ def get_args_parser() -> argparse.ArgumentParser:
 def align_suite_steps(args: argparse.Namespace) -> list[Step]:
     """Seed A's suite on the offline encoders (EfficientNet-Lite0, CRAFT, mini's E_pre / E_post)
     and text models (SmolLM2, Gemma 3 270M at two layers; MiniLM) over --align_n images per data
-    type: caption embeddings and CRAFT on that subset, then CKA, CORAL, EAS / ELAS and e2e."""
+    type: caption embeddings on that subset, then CKA, CORAL, EAS / ELAS and e2e."""
     from src.align.commands import Plan, eval_steps, text_steps, vision_steps
 
     data, shards = args.data, args.align_shards.split(",")
     plan = Plan(data / "sample", data / "align", args.results / "align", shards, args.align_n,
                 args.device, args.no_progress, [-6, -1])  # fmt: skip
-    craft, craft_specs = vision_steps(plan, ["craft-vgg16"])
+    # the offline image encoders: the reference step's vectors where it ran (the suite reads
+    # its images' rows), else extracted on the subset
+    encoders = ["efficientnet-lite0", "craft-vgg16"]
+    extract, extracted = vision_steps(plan, [e for e in encoders if e not in args.refs])
+    refs = {e: f"{e}:ref:{data / 'clip_ref' / e}" for e in encoders if e in args.refs}
     texts, text_specs = text_steps(plan, ["smollm2", "gemma3-270m", "minilm"])
     vec = data / "vector" / "mini"
-    vision = [
-        f"mini.pre:pre:{vec}",
-        f"mini.post:post:{vec}",
-        f"efficientnet-lite0:ref:{data / 'clip_ref' / 'efficientnet-lite0'}",
-        *craft_specs,
-    ]
+    vision = [f"mini.pre:pre:{vec}", f"mini.post:post:{vec}"]
+    vision += [refs.get(e) or extracted.pop(0) for e in encoders]
     # sized for the main job's budget (~70 s on 2 idle cores); the CLI's defaults are larger
     extra = {
         "align_compare": {"bootstrap": 100, "permutations": 100},
@@ -196,7 +196,7 @@ def align_suite_steps(args: argparse.Namespace) -> list[Step]:
         "align_e2e": {"projectors": "linear,mlp", "steps": 100},
     }
     stages = ["align_compare", "align_coral", "align_scores", "align_e2e"]
-    return craft + texts + eval_steps(plan, stages, vision, text_specs, extra)  # fmt: skip
+    return extract + texts + eval_steps(plan, stages, vision, text_specs, extra)  # fmt: skip
 
 
 def align_maps_steps(args: argparse.Namespace) -> list[Step]:
@@ -220,6 +220,12 @@ def align_maps_steps(args: argparse.Namespace) -> list[Step]:
 
 
 KERNEL_CONNECTORS = Path(__file__).resolve().parents[1] / "sample" / "kernel_connectors"
+# connectors trained alike into SmolLM2 (scripts/kernel_connectors.sh, prefix_connector.sh)
+COMPARED_CONNECTORS = {
+    "original": KERNEL_CONNECTORS / "original",
+    "kernel": KERNEL_CONNECTORS / "kernel",
+    "prefix8": KERNEL_CONNECTORS.parent / "prefix_connector" / "prefix8",
+}
 
 
 def committed(path: Path) -> Path:
@@ -232,8 +238,8 @@ def committed(path: Path) -> Path:
 def kernel_steps(args: argparse.Namespace) -> list[Step]:
     """Seed D (KUEA): a small kernel alignment of EfficientNet-Lite0 to CRAFT on the sample
     (--kernel_n training images of synth_00, the teacher CRAFT at 96 px), and the committed
-    connector pair (original vs kernel-aligned tower, sample/kernel_connectors) compared on
-    their held-out captions."""
+    connectors (original vs kernel-aligned tower, sample/kernel_connectors; the dual encoder's
+    8 prefix tokens, sample/prefix_connector) compared on their held-out captions."""
     work, out = args.data / "kernel_align", kernel_results_dir(args.results)
     steps: list[Step] = [
         ("kernel alignment", train_kernel_align.main,
@@ -244,11 +250,10 @@ def kernel_steps(args: argparse.Namespace) -> list[Step]:
                out_dir=work / "tower", work_dir=work / "work", tables_dir=out,
                device=args.device, skip_existing=True, no_progress=args.no_progress)),
     ]  # fmt: skip
-    folder = committed(KERNEL_CONNECTORS)
-    pair = [f"{n}={folder / n}" for n in ("original", "kernel")]
-    if all((KERNEL_CONNECTORS / n / "eval").is_dir() for n in ("original", "kernel")):
-        steps.append(("kernel connectors compared", compare_connectors.main,
-                      [a for p in pair for a in ("--connector", p)]
+    found = {n: f for n, f in COMPARED_CONNECTORS.items() if (f / "eval").is_dir()}
+    if {"original", "kernel"} <= set(found):
+        steps.append(("connectors compared", compare_connectors.main,
+                      [a for n, f in found.items() for a in ("--connector", f"{n}={committed(f)}")]
                       + flags(baseline="original", out_dir=out, skip_existing=True)))  # fmt: skip
     return steps
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from src.reporting import tables
-from src.reporting.align_figures import align_retrieval_plot, probe_plot
+from src.reporting.align_figures import align_retrieval_plot, probe_label, probe_plot
 from src.reporting.figures import all_plots
 
 
@@ -45,3 +45,16 @@ def test_align_figures_plot_their_tables(tmp_path):
     names = [n for n, _ in all_plots(tmp_path)]
     assert {"contrastive_retrieval", "probe_accuracy"} <= set(names)
     assert tmp_path / "contrastive" / "x" / "retrieval.csv" in tables.input_tables(tmp_path)
+
+
+def test_probe_plot_labels_each_run_and_what_it_probed(tmp_path):
+    """Two eval_probe runs (the original and the kernel-aligned tower, as the main job has):
+    every series is named by its run, the run's own dual encoder as its joint space."""
+    _write(tmp_path, "x")
+    _write(tmp_path, "y")
+    plot = probe_plot(tmp_path)
+    assert len(plot.data) == 2 * (2 + 2 * 2)  # runs x families x (joint + 2 towers)
+    labels = {t.get_text() for ax in plot.figure.axes for t in ax.get_legend().get_texts()}
+    assert {"x: efficientnet-lite0", "y: efficientnet-lite0"} <= labels
+    assert probe_label("y", "data/align/y") == "y: joint space"
+    assert probe_label("y", "sample/kernel_connectors/tower") == "y: tower"

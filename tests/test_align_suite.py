@@ -204,6 +204,25 @@ def test_seed_coral_similarity_is_one_for_unrelated_pairs_ours_tells_them_apart(
     assert related.similarity > 0.5 > unrelated.similarity
 
 
+@pytest.mark.parametrize("n_train", [40, 300])  # dual (N <= Dx) and primal ridge forms
+def test_coral_null_equals_refitting_each_shuffled_pairing(n_train):
+    """The null shares one ridge factorisation across shuffles; a plain refit of the whole basis
+    on x_tr[perm] per permutation (same generator) gives the same distances."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n_train + 50, 64, generator=g, dtype=torch.float64)
+    y = x[:, :16] @ torch.randn(16, 24, generator=g, dtype=torch.float64)
+    y = y + torch.randn(n_train + 50, 24, generator=g, dtype=torch.float64)
+    x_tr, y_tr, x_te, y_te = x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+    test = al.coral_test(x_tr, y_tr, x_te, y_te, dim=8, n_perm=12, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    plain = [al.coral_in_basis(al.fit_basis(x_tr[torch.randperm(n_train, generator=gen)], y_tr,
+                                            8), x_te, y_te) for _ in range(12)]  # fmt: skip
+    assert test.null.tolist() == pytest.approx(plain, rel=1e-9)
+    assert test.distance == pytest.approx(
+        al.coral_in_basis(al.fit_basis(x_tr, y_tr, 8), x_te, y_te), rel=1e-12
+    )
+
+
 def test_seed_elas_saturates_for_unrelated_unit_vectors_ours_is_near_zero():
     g = torch.Generator().manual_seed(0)
     unit = lambda n: torch.nn.functional.normalize(  # noqa: E731

@@ -57,7 +57,8 @@ def test_rotation_keeps_every_neighbour(tmp_path):
     ref = knn[(knn.from_space == "ref:self") & (knn.to_space == "pre")]
     assert (ref.n == 58).all() and (ref.overlap_mean == 1.0).all()  # the reference is E_pre
     cka = pd.read_csv(tmp_path / "out" / "cka.csv")
-    lin = cka[(cka.from_space == "pre") & (cka.estimator == "linear_biased")]
+    assert list(cka.estimator[:3]) == ["cka_linear", "cka_linear_unbiased", "cka_rbf"]
+    lin = cka[(cka.from_space == "pre") & (cka.estimator == "cka_linear")]
     assert lin.cka.iloc[0] == pytest.approx(1.0) and lin.p_value.iloc[0] < 0.1
     dc = pd.read_csv(tmp_path / "out" / "distance_corr.csv")
     assert dc.pearson.iloc[0] == pytest.approx(1.0)
@@ -68,6 +69,24 @@ def test_rotation_keeps_every_neighbour(tmp_path):
     assert len(per_image) == 60 * 2 * 2  # images x (pre, post) x (raw, standardised)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["references"]["self"]["missing"] == 2
+
+
+def test_cka_measures_are_picked_by_registry_name(tmp_path, capsys):
+    vec = write_space(tmp_path / "v", "m", rotate=True)
+    assert run(tmp_path, vec, "--cka", "cka_linear_unbiased") == 0
+    cka = pd.read_csv(tmp_path / "out" / "cka.csv")
+    assert set(cka.estimator) == {"cka_linear_unbiased"}
+    assert len(cka) == 3  # pre -> post, ref -> pre, ref -> post
+    pp = cka[cka.from_space == "pre"].iloc[0]
+    assert pp.cka == pytest.approx(1.0) and pp.permutations == 20 and pp.n == 60
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert {r["estimator"] for r in summary["cka"]} == {"cka_linear_unbiased"}
+    assert run(tmp_path, vec, "--cka", "cka_linear,cka_rbff", "--out_dir", str(tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert "error: unknown measure 'cka_rbff'; known: cka_linear, cka_linear_unbiased" in err
+    assert not (tmp_path / "o").exists()
+    assert run(tmp_path, vec, "--cka", "knn_overlap", "--out_dir", str(tmp_path / "o")) == 2
+    assert "no permutation null for knn_overlap" in capsys.readouterr().err
 
 
 def test_independent_spaces_sit_at_chance(tmp_path):

@@ -323,9 +323,11 @@ def test_compare_connectors_paired_difference_by_hand(tmp_path):
 
     _connector_eval(tmp_path / "orig", [True, False, False, True], [1.0, 2.0, 3.0, 4.0])
     _connector_eval(tmp_path / "kern", [True, True, False, True], [0.5, 2.5, 2.0, 3.0])
+    _connector_eval(tmp_path / "pre", [False, False, False, True], [2.0, 2.0, 3.0, 5.0])
     out = tmp_path / "results" / "kernel_align"
     assert compare_connectors.main(["--connector", f"original={tmp_path / 'orig'}",
                                     "--connector", f"kernel={tmp_path / 'kern'}",
+                                    "--connector", f"prefix8={tmp_path / 'pre'}",
                                     "--baseline", "original", "--out_dir", str(out),
                                     "--bootstrap", "200"]) == 0  # fmt: skip
     df = pd.read_csv(out / "connectors.csv").set_index(["connector", "metric"])
@@ -335,5 +337,10 @@ def test_compare_connectors_paired_difference_by_hand(tmp_path):
     assert d["mean"] == pytest.approx((-0.5 + 0.5 - 1.0 - 1.0) / 4)
     assert d["ci_low"] <= d["mean"] <= d["ci_high"]
     assert df.loc[("majority baseline", "shape_accuracy"), "mean"] == pytest.approx(0.3)
+    assert df.loc[("prefix8 - original", "nll_reference_caption"), "mean"] == pytest.approx(0.5)
     plot = kernel_connectors_plot(tmp_path / "results")
     assert {"colour_accuracy", "nll_reference_caption"} <= set(plot.data["metric"])
+    # every connector drawn, and each one's paired difference named in its panel's title
+    assert {"original", "kernel", "prefix8", "prefix8 - original"} <= set(plot.data["connector"])
+    titles = [ax.get_title() for ax in plot.figure.axes]
+    assert all("Δ kernel" in t and "Δ prefix8" in t for t in titles)

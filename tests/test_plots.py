@@ -95,7 +95,7 @@ def test_knn_figure_draws_the_table(tmp_path):
     cka = tables.knn_table(SAMPLE, MODEL, "cka")
     drawn_bars = bars(cka_ax, horizontal=True)
     for est, g in cka.groupby("estimator"):
-        np.testing.assert_allclose(drawn_bars[est.replace("_", " ")], g.cka)
+        np.testing.assert_allclose(drawn_bars[figures.estimator_label(est)], g.cka)
     assert "cos" in overlap_ax.get_title() and "null" in " ".join(
         t.get_text() for t in cka_ax.get_legend().get_texts()
     )

@@ -31,7 +31,7 @@ def _bytes(root: Path) -> dict[str, bytes]:
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     write_scenes(tmp_path / "a", n=12, n_shards=3, size=64, seed=0)
-    write_scenes(tmp_path / "b", n=12, n_shards=3, size=64, seed=0)
+    write_scenes(tmp_path / "b", n=12, n_shards=3, size=64, seed=0, workers=2)  # 2 processes
     write_scenes(tmp_path / "c", n=12, n_shards=3, size=64, seed=1)
     a, b, c = _bytes(tmp_path / "a"), _bytes(tmp_path / "b"), _bytes(tmp_path / "c")
     assert a == b and len(a) == 36

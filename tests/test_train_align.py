@@ -211,3 +211,34 @@ def test_connector_trains_on_exactly_what_generation_sees(mini_adapter):
     assert int(target[-1]) == model.eos_id  # the end token is a target
     emb = model.lm.get_input_embeddings()(target)
     assert torch.equal(training_input[0, p:], emb)  # the caption follows the prefix directly
+
+
+def test_text_cache_is_read_when_it_matches_and_never_written(tmp_path, monkeypatch):
+    """train_align --text_cache: another dual encoder's caption features are used when they are
+    of the same tower and texts; otherwise the tower runs and only this run's own cache is
+    written (the other file keeps its bytes)."""
+    from src.data.io import save_torch_atomic
+    from src.data.pooled import text_features
+    from src.models import text_towers
+
+    other, own = tmp_path / "other" / "text_minilm.pt", tmp_path / "own" / "text_minilm.pt"
+    saved = torch.randn(2, 4)
+    save_torch_atomic(other, {"tower": "minilm", "texts": ["a", "b"], "vectors": saved})
+    before = other.read_bytes()
+
+    class Tower:  # counts loads; embeds as a real tower would (one row per text)
+        loads = 0
+
+        def __init__(self, *_, **__):
+            Tower.loads += 1
+
+        def embed(self, texts):
+            return torch.ones(len(texts), 4)
+
+    monkeypatch.setattr(text_towers, "load_text_tower", Tower)
+    kw = dict(device=torch.device("cpu"), dtype=torch.float32, reuse=other)
+    assert torch.equal(text_features(["a", "b"], "minilm", own, **kw), saved)
+    assert Tower.loads == 0 and not own.exists()
+    fresh = text_features(["a", "c"], "minilm", own, **kw)  # other texts: computed, own cache
+    assert Tower.loads == 1 and torch.equal(fresh, torch.ones(2, 4)) and own.exists()
+    assert other.read_bytes() == before

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from src.align.projectors import fit_projector
 from src.align.spaces import Space, data_types, held_out, match, type_subsets
 from src.metrics import alignment as al
-from src.metrics.measures import bootstrap_kernel, centred_ci, get_measure
+from src.metrics.measures import bootstrap_kernel, centred_ci, get_measure, permutation_tests
 from src.metrics.retrieval import retrieval_metrics
 from src.metrics.similarity import linear_cka
 from src.metrics.stats import bootstrap_spearman, spearman
@@ -51,12 +51,17 @@ def compare_rows(vision: list[Space], text: list[Space], args: argparse.Namespac
     rows = []
     for p in pairs(vision, text, args):
         everyone = torch.ones(len(p["keys"]), dtype=torch.bool)
+        subsets = list(type_subsets(p["types"], everyone, args.min_per_type))
+        # every measure's null per subset at once: the linear estimators share their permutations
+        tests = {dtype: permutation_tests(args.measures, p["x"][idx], p["y"][idx],
+                                          n_perm=args.permutations, seed=args.seed)
+                 for dtype, idx in subsets}  # fmt: skip
         for name in args.measures:
             m = get_measure(name)
-            for dtype, idx in type_subsets(p["types"], everyone, args.min_per_type):
+            for dtype, idx in subsets:
                 x, y = p["x"][idx], p["y"][idx]
                 boot = bootstrap_kernel(m, m.gram(x), m.gram(y), args.bootstrap, args.seed)
-                test = m.null(x, y, n_perm=args.permutations, seed=args.seed)
+                test = tests[dtype][name]
                 lo, hi = centred_ci(test.observed, boot)
                 rows.append(
                     {

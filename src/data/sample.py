@@ -8,9 +8,13 @@ Every image has a <stem>.json label file whose "data_type" says what it is: "sce
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -188,28 +192,44 @@ def scene_shard(i: int, n: int, n_shards: int) -> str:
     return f"synth_{i // per:02d}"
 
 
+def scene_files(seed: int, i: int, size: int) -> tuple[bytes, bytes, bytes]:
+    """Scene i's caption (.txt), labels (.json) and image (.jpg) bytes: a function of (seed, i)."""
+    scene = make_scene(np.random.default_rng([seed, i]))
+    labels = scene_labels(scene, size)
+    image = jpeg_bytes(render_scene(scene, size))
+    return (labels["caption"] + "\n").encode(), label_bytes(labels), image
+
+
 def write_scenes(
-    out_root: Path, n: int = 2000, n_shards: int = 4, size: int = 224, seed: int = 0
+    out_root: Path,
+    n: int = 2000,
+    n_shards: int = 4,
+    size: int = 224,
+    seed: int = 0,
+    workers: int = 1,
 ) -> list[Path]:
     """n scenes as <out_root>/synth_XX/scene_<i>.jpg + .txt caption + .json labels.
 
     Scene i depends only on (seed, i); existing files are kept (a rerun writes nothing new).
+    workers > 1 renders the missing scenes in that many processes (the same bytes).
     """
-    paths = []
-    for i in range(n):
-        folder = Path(out_root) / scene_shard(i, n, n_shards)
-        stem = folder / f"scene_{i:06d}"
-        img = stem.with_suffix(".jpg")
-        if not (img.exists() and stem.with_suffix(".json").exists()):
-            scene = make_scene(np.random.default_rng([seed, i]))
-            labels = scene_labels(scene, size)
-            write_if_missing(stem.with_suffix(".txt"), (labels["caption"] + "\n").encode())
-            write_if_missing(stem.with_suffix(".json"), label_bytes(labels))
-            write_if_missing(img, jpeg_bytes(render_scene(scene, size)))
+    stems = [Path(out_root) / scene_shard(i, n, n_shards) / f"scene_{i:06d}" for i in range(n)]
+    done = [s.with_suffix(".jpg").exists() and s.with_suffix(".json").exists() for s in stems]
+    for stem in (s for s, d in zip(stems, done, strict=True) if d):
+        _add_data_type(stem.with_suffix(".json"), "scene")
+    missing = [i for i, d in enumerate(done) if not d]
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(missing) > 1:
+            spawn = multiprocessing.get_context("spawn")  # no fork of a parent's thread pools
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=spawn))
+            files = pool.map(scene_files, repeat(seed), missing, repeat(size), chunksize=64)
         else:
-            _add_data_type(stem.with_suffix(".json"), "scene")
-        paths.append(img)
-    return paths
+            files = map(scene_files, repeat(seed), missing, repeat(size))
+        for i, (txt, labels, image) in zip(missing, files, strict=True):
+            write_if_missing(stems[i].with_suffix(".txt"), txt)
+            write_if_missing(stems[i].with_suffix(".json"), labels)
+            write_if_missing(stems[i].with_suffix(".jpg"), image)
+    return [stem.with_suffix(".jpg") for stem in stems]
 
 
 def _add_data_type(path: Path, data_type: str) -> None:

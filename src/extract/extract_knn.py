@@ -19,6 +19,7 @@ from src.data.io import atomic_write, write_json_atomic, write_manifest
 from src.data.paths import knn_table_path, shard_dirs
 from src.data.vectors import check_aligned, iter_chunks, pool_chunk
 from src.errors import UserError
+from src.metrics.measures import MEASURES, get_measure, null_measures, permutation_tests
 from src.metrics.neighbors import (
     distance_correlation,
     knn,
@@ -30,7 +31,6 @@ from src.metrics.neighbors import (
     rank_displacement,
     rank_displacement_chance,
 )
-from src.metrics.similarity import linear_cka_permutation_tests, rbf_cka_permutation_test
 from src.metrics.spectra import dataset_spectra, token_spectra
 from src.metrics.stats import summarize
 from src.runtime import csv_list, resolve_device
@@ -80,6 +80,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--svd_per_image_csv", action="store_true", help="also write the per-image spectra table"
     )
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
+    p.add_argument(
+        "--cka",
+        type=csv_list,
+        default=["cka_linear", "cka_linear_unbiased", "cka_rbf"],
+        help="CKA measures of src.metrics.measures with a permutation null (comma-separated): "
+        + ", ".join(n for n, m in MEASURES.items() if m.null is not None),
+    )
     p.add_argument("--permutations", type=int, default=200, help="permutations for CKA nulls")
     p.add_argument("--pairs", type=int, default=100_000, help="pairs for distance correlation")
     p.add_argument(
@@ -224,22 +231,19 @@ def knn_rows(a: Space, b: Space, scope: str, args, device, cache: dict) -> list[
 
 
 def similarity_rows(a: Space, b: Space, args, device) -> tuple[list[dict], dict]:
-    """CKA (linear biased / unbiased, RBF) with permutation p-values, and distance correlation."""
+    """CKA (every --cka measure) with permutation p-values, and distance correlation."""
     x, y = a.x.to(device), b.x.to(device)
     rows = []
-    # both linear estimators share one set of permuted cross terms (same permutations)
-    linear = linear_cka_permutation_tests(x, y, n_perm=args.permutations, seed=args.seed)
-    for name, test in (
-        ("linear_biased", lambda: linear[0]),
-        ("linear_unbiased", lambda: linear[1]),
-        ("rbf_biased", lambda: rbf_cka_permutation_test(
-            x, y, max_n=args.rbf_max_n, n_perm=args.permutations, seed=args.seed)),
-    ):  # fmt: skip
-        t = test()
+    # measures of one null family (both linear estimators) share one set of permuted cross terms
+    tests = permutation_tests(
+        args.cka, x, y, n_perm=args.permutations, seed=args.seed, max_n=args.rbf_max_n
+    )
+    for name, t in tests.items():
         null = t.null.double()
+        subsampled = get_measure(name).subsample and x.shape[0] > args.rbf_max_n
         rows.append({
             "from_space": a.name, "to_space": b.name, "estimator": name, "pool": args.pool,
-            "n": int(min(x.shape[0], args.rbf_max_n) if name.startswith("rbf") else x.shape[0]),
+            "n": int(args.rbf_max_n if subsampled else x.shape[0]),
             "cka": t.observed, "null_mean": float(null.mean()),
             "null_q95": float(torch.quantile(null, 0.95)), "p_value": t.p_value,
             "permutations": int(null.numel()),
@@ -297,6 +301,8 @@ def spectra_rows(
 
 def load_spaces(args: argparse.Namespace) -> tuple[Space, Space, dict[str, Space], dict]:
     """Pooled E_pre, E_post and every --ref space; how many images each reference lacks."""
+    if not null_measures(args.cka):  # checked before any loading
+        raise UserError("--cka names no measure")
     pre, post = load_pair(args.pre_pt, args.post_pt, args.shards, args.pool)
     refs, missing = {}, {}
     for spec in args.ref:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=4, help="scene shards (synth_00, ...)")
     p.add_argument("--size", type=int, default=224, help="scene side in pixels")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="processes rendering the scenes (default: the cores, at most 8; same bytes)",
+    )
     p.add_argument("--no_photos", action="store_true")
     p.add_argument("--no_scenes", action="store_true")
     p.add_argument(
@@ -71,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_photos:
         write_photos(args.out)
     if not args.no_scenes and args.n_scenes:
-        write_scenes(args.out, args.n_scenes, args.shards, args.size, args.seed)
+        write_scenes(args.out, args.n_scenes, args.shards, args.size, args.seed, args.workers)
     for data_type, n in typed.items():
         write_typed(args.out, data_type, n, size=args.size, seed=args.seed)
     folders = sorted(p for p in args.out.iterdir() if p.is_dir()) if args.out.is_dir() else []

@@ -5,12 +5,14 @@ Every entry wraps a pure function that lives elsewhere in src/metrics (nothing i
 here). A measure takes x (N, Dx) and y (N, Dy), the same N images row by row, and returns a float;
 `higher_is_better` says how to read it. Kernel measures also give their Gram matrix (`gram`,
 x -> (N, N)) so a bootstrap can resample images in O(N^2) per draw, and `null` gives the
-permutation test (shuffled pairing) where one exists.
+permutation test (shuffled pairing) where one exists. `permutation_tests` runs the tests of
+several measures at once: measures of one `null_family` share one set of permutations and
+their permuted cross terms (both linear CKA estimators: the cost of one).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,7 @@ from src.metrics.similarity import (
     kernel_cka,
     linear_cka,
     linear_cka_permutation_test,
+    linear_cka_permutation_tests,
     rbf_cka,
     rbf_cka_permutation_test,
     rbf_gram,
@@ -42,6 +45,9 @@ class Measure:
     gram: Callable[[Tensor], Tensor] | None = None  # x (N, D) -> (N, N), for kernel measures
     unbiased: bool = False
     null: Callable[..., PermutationTest] | None = None  # null(x, y, n_perm=, seed=)
+    # measures naming one family get their nulls from one NULL_FAMILIES call (permutation_tests)
+    null_family: str | None = None
+    subsample: bool = False  # fn and null take max_n: N x N Gram matrices, seeded subsample above
 
 
 def _linear_gram(x: Tensor) -> Tensor:
@@ -73,6 +79,7 @@ MEASURES: dict[str, Measure] = {
             "linear CKA, biased HSIC",
             gram=_linear_gram,
             null=lambda x, y, **kw: linear_cka_permutation_test(x, y, **kw),
+            null_family="linear_cka",
         ),
         Measure(
             "cka_linear_unbiased",
@@ -81,21 +88,24 @@ MEASURES: dict[str, Measure] = {
             gram=_linear_gram,
             unbiased=True,
             null=lambda x, y, **kw: linear_cka_permutation_test(x, y, unbiased=True, **kw),
+            null_family="linear_cka",
         ),
         Measure(
             "cka_rbf",
-            lambda x, y: rbf_cka(x, y),
+            lambda x, y, **kw: rbf_cka(x, y, **kw),
             "RBF CKA, median bandwidth, biased",
             gram=_rbf,
             null=lambda x, y, **kw: rbf_cka_permutation_test(x, y, **kw),
+            subsample=True,
         ),
         Measure(
             "cka_rbf_unbiased",
-            lambda x, y: rbf_cka(x, y, unbiased=True),
+            lambda x, y, **kw: rbf_cka(x, y, unbiased=True, **kw),
             "RBF CKA, median bandwidth, unbiased HSIC",
             gram=_rbf,
             unbiased=True,
             null=lambda x, y, **kw: rbf_cka_permutation_test(x, y, unbiased=True, **kw),
+            subsample=True,
         ),
         Measure("knn_overlap", _knn, "mutual kNN overlap at k (platonic-rep's mutual_knn)"),
         Measure(
@@ -122,6 +132,61 @@ def get_measure(name: str) -> Measure:
     if name not in MEASURES:
         raise UserError(f"unknown measure {name!r}; known: {', '.join(MEASURES)}")
     return MEASURES[name]
+
+
+def null_measures(names: Sequence[str]) -> list[Measure]:
+    """The measures named, each checked to exist (get_measure) and to have a permutation null."""
+    out = [get_measure(n) for n in dict.fromkeys(names)]
+    untested = [m.name for m in out if m.null is None]
+    if untested:
+        with_null = ", ".join(n for n, m in MEASURES.items() if m.null is not None)
+        msg = f"no permutation null for {', '.join(untested)}; measures with one: {with_null}"
+        raise UserError(msg)
+    return out
+
+
+def _linear_family(
+    members: Sequence[Measure], x: Tensor, y: Tensor, n_perm: int, seed: int
+) -> list[PermutationTest]:
+    biased, unbiased = linear_cka_permutation_tests(x, y, n_perm=n_perm, seed=seed)
+    return [unbiased if m.unbiased else biased for m in members]
+
+
+# family -> f(members, x, y, n_perm, seed) -> one PermutationTest per member, in order, each
+# equal to that member's own null(x, y, n_perm=, seed=)
+NULL_FAMILIES: dict[str, Callable[..., list[PermutationTest]]] = {"linear_cka": _linear_family}
+
+
+def permutation_tests(
+    names: Sequence[str],
+    x: Tensor,
+    y: Tensor,
+    *,
+    n_perm: int,
+    seed: int = 0,
+    max_n: int | None = 5000,
+) -> dict[str, PermutationTest]:
+    """{name: PermutationTest} of x (N, Dx) vs y (N, Dy) under shuffled pairing, in names' order.
+
+    Measures sharing a null family and asked for together come from one call (the same
+    permutations, computed once); any other runs its own null. Each result equals
+    get_measure(name).null(x, y, n_perm=n_perm, seed=seed) (with max_n for the subsampling
+    ones: N x N Gram measures use a seeded subsample of max_n images above it, None: all)."""
+    measures = null_measures(names)
+    families: dict[str, list[Measure]] = {}
+    for m in measures:
+        if m.null_family is not None:
+            families.setdefault(m.null_family, []).append(m)
+    out: dict[str, PermutationTest] = {}
+    for family, members in families.items():
+        if len(members) > 1:
+            tests = NULL_FAMILIES[family](members, x, y, n_perm, seed)
+            out.update(zip((m.name for m in members), tests, strict=True))
+    for m in measures:
+        if m.name not in out:
+            kw = {"max_n": max_n} if m.subsample else {}
+            out[m.name] = m.null(x, y, n_perm=n_perm, seed=seed, **kw)
+    return {m.name: out[m.name] for m in measures}
 
 
 def measure(name: str, x: Tensor, y: Tensor, **kw: Any) -> float:

@@ -53,6 +53,13 @@ def align_retrieval_plot(results: Path) -> Plot:
     )
 
 
+def probe_label(name: str, model: str) -> str:
+    """A probe series' legend entry: the eval_probe run and what it probed (the run's own dual
+    encoder, a folder named as the run, is its joint space; any other model by its name)."""
+    what = Path(model).name if "/" in str(model) else str(model)
+    return f"{name}: {'joint space' if what == name else what}"
+
+
 def probe_plot(results: Path) -> Plot:
     """acc@1 per label family: zero-shot (the joint model) and linear probe (each tower), with
     95% CIs, the uniform chance level and the majority-class baseline."""
@@ -71,9 +78,8 @@ def probe_plot(results: Path) -> Plot:
         width = 0.8 / max(1, len(series))
         for i, (name, model) in enumerate(series):
             g = d[(d["name"] == name) & (d["model"] == model)].set_index("family").reindex(families)
-            shown = Path(model).name if "/" in str(model) else model
             _errorbar(ax, x + (i - (len(series) - 1) / 2) * width, g["value"], g["ci_low"],
-                      g["ci_high"], f"{shown}", color=COLOURS[i % len(COLOURS)],
+                      g["ci_high"], probe_label(name, model), color=COLOURS[i % len(COLOURS)],
                       linestyle="none")  # fmt: skip
             for fam, r in g.dropna(subset=["value"]).iterrows():
                 keep = ("value", "ci_low", "ci_high", "chance", "majority", "n")
@@ -95,8 +101,10 @@ def probe_plot(results: Path) -> Plot:
         "CLIP_benchmark's protocols on local labels: zero-shot = class vectors from prompt "
         "templates in the dual encoder's joint space; linear probe = logistic regression on "
         "normalised pooled features, C picked on the validation split, refit on train + val. "
-        "Test images only, 95% bootstrap CIs; grey bars: uniform chance, orange: always the "
-        "most frequent training class.",
+        "Each eval_probe run is one tower and its own dual encoder (the main job: the original "
+        "EfficientNet-Lite0 and the kernel-aligned one, trained and split alike). Test images "
+        "only, 95% bootstrap CIs; grey bars: uniform chance, orange: always the most frequent "
+        "training class.",
     )
 
 

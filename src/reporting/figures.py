@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from src.data.io import atomic_write
 from src.data.paths import figure_png, figure_values
+from src.metrics.measures import MEASURES
 from src.metrics.stats import bootstrap_spearman
 from src.reporting import tables
 
@@ -63,6 +64,16 @@ def space_label(space: str) -> str:
     if space.startswith("ref:"):
         return f"{space[4:]} (ref)"
     return {"pre": "E_pre", "post": "E_post"}.get(space, space)
+
+
+def estimator_label(name: str) -> str:
+    """A CKA measure's legend name: 'cka_linear' -> 'linear biased', 'cka_rbf_unbiased' ->
+    'rbf unbiased' (the registry's unbiased flag); a name outside the registry as it is."""
+    m = MEASURES.get(name)
+    if m is None:
+        return name.replace("_", " ")
+    kernel = name.removeprefix("cka_").removesuffix("_unbiased").replace("_", " ")
+    return f"{kernel} {'unbiased' if m.unbiased else 'biased'}"
 
 
 def _errorbar(ax: Axes, x, mean, lo, hi, label: str, **kw):
@@ -154,7 +165,7 @@ def knn_plot(results: Path, models: list[str] | None = None) -> Plot:
         for j, est in enumerate(estimators):
             g = cka[cka["estimator"] == est].set_index(["from_space", "to_space"]).loc[cpairs]
             y = np.arange(len(cpairs)) + (j - (len(estimators) - 1) / 2) * height
-            ax.barh(y, g["cka"], height, label=est.replace("_", " "), color=COLOURS[j])
+            ax.barh(y, g["cka"], height, label=estimator_label(est), color=COLOURS[j])
             ax.plot(
                 g["null_q95"],
                 y,

@@ -82,12 +82,13 @@ def kernel_align_plot(results: Path) -> Plot:
 
 
 def kernel_connectors_plot(results: Path) -> Plot:
-    """Held-out caption metrics of the two connectors (original and kernel-aligned tower) with
-    95% CIs, majority baselines for colour / shape, and the paired differences."""
+    """Held-out caption metrics of the compared connectors (the original tower, the
+    kernel-aligned one, the dual encoder's prefix tokens where committed) with 95% CIs, majority
+    baselines for colour / shape, and each one's paired difference from the baseline."""
     df = tables.kernel_align_table(results, "connectors")
     metrics = [m for m in METRIC_NAMES if m in set(df["metric"])]
     names = [c for c in df["connector"].unique() if " - " not in c and "baseline" not in c]
-    fig = _new_figure(1, len(metrics), width=2.6, height=3.6)
+    fig = _new_figure(1, len(metrics), width=2.2 + 0.4 * len(names), height=3.9)
     axes = np.atleast_1d(fig.subplots(1, len(metrics)))
     rows = []
     for ax, metric in zip(axes, metrics, strict=True):
@@ -100,26 +101,28 @@ def kernel_connectors_plot(results: Path) -> Plot:
         if not base.empty:
             ax.axhline(float(base["mean"].iloc[0]), label="majority baseline", **CHANCE_STYLE)
             rows.append(base.iloc[0].to_dict())
-        diff = df[df["connector"].str.contains(" - ") & (df["metric"] == metric)]
         title = METRIC_NAMES[metric]
-        if not diff.empty:
-            d = diff.iloc[0]
+        for _, d in df[df["connector"].str.contains(" - ") & (df["metric"] == metric)].iterrows():
             rows.append(d.to_dict())
-            title += f"\nΔ {d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+            title += (f"\nΔ {d['connector'].split(' - ')[0]} {d['mean']:+.3f} "
+                      f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]")  # fmt: skip
         ax.set_xticks(range(len(names)), names, fontsize=8)
         ax.set_xlim(-0.6, len(names) - 0.4)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, frameon=False)
     n = int(df["n"].max())
-    fig.suptitle(f"Connectors on the original vs kernel-aligned tower, held-out scenes (n={n})")
+    fig.suptitle(f"Connectors into the same LM, held-out scenes (n={n})")
     return Plot(
         "kernel_connectors", fig, pd.DataFrame(rows),
-        "Back into a VLM: connectors on the original and the kernel-aligned tower",
-        "Two connectors trained alike (data, steps, seed) on the original EfficientNet-Lite0 and "
-        "on its kernel-aligned copy; greedy captions of held-out synthetic scenes. Means with "
-        "95% bootstrap CIs over images; Δ is the paired difference aligned − original with its "
-        "CI; dashed: the majority-class baseline.",
+        "Back into a VLM: connectors on the original tower, the kernel-aligned tower and the dual "
+        "encoder",
+        "Connectors trained alike (data, steps, seed) into SmolLM2: on the original "
+        "EfficientNet-Lite0's 16 tokens, on its kernel-aligned copy's (seed D), and, where "
+        "committed, from the dual encoder's one joint-space vector to 8 prefix tokens (seed E, "
+        "phase 2); greedy captions of held-out synthetic scenes. Means with 95% bootstrap CIs "
+        "over images; each Δ is a paired difference from the baseline connector with its CI; "
+        "dashed: the majority-class baseline.",
     )  # fmt: skip
 
 
