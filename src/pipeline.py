@@ -52,8 +52,9 @@ from src.train import export_recon, train_align, train_kernel_align, train_recon
 Step = tuple[str, Callable[[list[str]], int], list[str]]
 
 # the SAE study's layers per model: four spread over SmolLM2's 30 blocks; mini-gemma's Gemma 3
-# has 18 (sized for the main job's budget: README, SAE section)
-SAE_LAYERS = "mini=3,11,19,27;mini-gemma=2,8,14"
+# has 18, of which two (6 and 13, near the depths of mini's middle two), on the smaller
+# --sae_*_others counts: its SAE steps cost more per layer than mini's (a 262k vocabulary)
+SAE_LAYERS = "mini=3,11,19,27;mini-gemma=6,13"
 
 
 def sae_layer_lists(text: str) -> dict[str, str]:
@@ -163,6 +164,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sae_images", type=int, default=64, help="held-out images measured")
     p.add_argument("--sae_texts", type=int, default=128, help="captions the SAEs train on")
     p.add_argument("--sae_nll_images", type=int, default=16, help="images for the delta-NLL")
+    p.add_argument("--sae_images_others", type=int, default=24,
+                   help="--sae_images for every SAE model after the first")  # fmt: skip
+    p.add_argument("--sae_texts_others", type=int, default=48,
+                   help="--sae_texts for every SAE model after the first")  # fmt: skip
+    p.add_argument("--sae_nll_images_others", type=int, default=8,
+                   help="--sae_nll_images for every SAE model after the first")  # fmt: skip
     p.add_argument("--align_n_samples", type=int, default=20,
                    help="embedding maps: images per data type")  # fmt: skip
     p.add_argument("--align_batch_sizes", type=int, nargs="+", default=[1, 4],
@@ -264,8 +271,13 @@ def sae_steps(args: argparse.Namespace) -> list[Step]:
     steps: list[Step] = []
     images, quiet = args.data / "sample", args.no_progress
     models = args.models if args.sae_models is None else args.sae_models
-    for model in csv_list(models):
+    for i, model in enumerate(csv_list(models)):
         layers = sae_layers_of(args.sae_layers, model)
+        n_img, n_txt, n_nll = (
+            (args.sae_images, args.sae_texts, args.sae_nll_images)
+            if i == 0
+            else (args.sae_images_others, args.sae_texts_others, args.sae_nll_images_others)
+        )
         acts, saes = args.data / "activations", args.data / "sae"
         common = dict(model=model, layers=layers, device=args.device, skip_existing=True,
                       no_progress=quiet)  # fmt: skip
@@ -273,13 +285,13 @@ def sae_steps(args: argparse.Namespace) -> list[Step]:
                        out_dir=args.results / "sae", **common)  # fmt: skip
         steps += [
             (f"activations {model}", cache_activations.main,
-             flags(image_dir=images, shards=args.caption_shard, limit=args.sae_images,
+             flags(image_dir=images, shards=args.caption_shard, limit=n_img,
                    out_dir=acts, **common)),
             (f"SAEs {model}", train_sae.main,
-             flags(image_dir=images, shards="synth_00", max_texts=args.sae_texts,
+             flags(image_dir=images, shards="synth_00", max_texts=n_txt,
                    out_dir=saes, **common)),
             (f"SAE reconstruction {model}", sae_reconstruction.main,
-             flags(image_dir=images, shards=args.caption_shard, nll_images=args.sae_nll_images,
+             flags(image_dir=images, shards=args.caption_shard, nll_images=n_nll,
                    **measure)),
             (f"SAE semantics {model}", sae_semantic.main, flags(**measure)),
         ]  # fmt: skip

@@ -106,10 +106,17 @@ def test_sae_layers_per_model():
         return {t.split()[-1]: a[a.index("--layers") + 1]
                 for t, _, a in pipeline.sae_steps(args) if t.startswith("SAEs")}  # fmt: skip
 
-    assert layers([]) == {"mini": "3,11,19,27", "mini-gemma": "2,8,14"}  # --models' two VLMs
+    assert layers([]) == {"mini": "3,11,19,27", "mini-gemma": "6,13"}  # --models' two VLMs
     assert layers(["--models", "mini"]) == {"mini": "3,11,19,27"}
     assert layers(["--sae_layers", "1, 2;mini-gemma=5"]) == {"mini": "1,2", "mini-gemma": "5"}
     assert layers(["--sae_models", ""]) == {}
+    steps = {t: a for t, _, a in pipeline.sae_steps(pipeline.get_args_parser().parse_args([]))}
+    sizes = [("activations", "--limit", "64", "24"), ("SAEs", "--max_texts", "128", "48"),
+             ("SAE reconstruction", "--nll_images", "16", "8")]  # fmt: skip
+    for title, flag, first, other in sizes:
+        for model, n in (("mini", first), ("mini-gemma", other)):  # the second model's share
+            argv = steps[f"{title} {model}"]
+            assert argv[argv.index(flag) + 1] == n
     with pytest.raises(UserError, match="mini-gemma=L"):
         layers(["--sae_layers", "mini=1"])
     for bad in ("mini=1,x", "mini=1;mini=2", "mini="):
