@@ -166,9 +166,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sae_nll_images", type=int, default=16, help="images for the delta-NLL")
     p.add_argument("--sae_images_others", type=int, default=24,
                    help="--sae_images for every SAE model after the first")  # fmt: skip
-    p.add_argument("--sae_texts_others", type=int, default=48,
+    p.add_argument("--sae_texts_others", type=int, default=32,
                    help="--sae_texts for every SAE model after the first")  # fmt: skip
-    p.add_argument("--sae_nll_images_others", type=int, default=8,
+    p.add_argument("--sae_nll_images_others", type=int, default=4,
                    help="--sae_nll_images for every SAE model after the first")  # fmt: skip
     p.add_argument("--align_n_samples", type=int, default=20,
                    help="embedding maps: images per data type")  # fmt: skip

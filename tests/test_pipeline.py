@@ -111,8 +111,8 @@ def test_sae_layers_per_model():
     assert layers(["--sae_layers", "1, 2;mini-gemma=5"]) == {"mini": "1,2", "mini-gemma": "5"}
     assert layers(["--sae_models", ""]) == {}
     steps = {t: a for t, _, a in pipeline.sae_steps(pipeline.get_args_parser().parse_args([]))}
-    sizes = [("activations", "--limit", "64", "24"), ("SAEs", "--max_texts", "128", "48"),
-             ("SAE reconstruction", "--nll_images", "16", "8")]  # fmt: skip
+    sizes = [("activations", "--limit", "64", "24"), ("SAEs", "--max_texts", "128", "32"),
+             ("SAE reconstruction", "--nll_images", "16", "4")]  # fmt: skip
     for title, flag, first, other in sizes:
         for model, n in (("mini", first), ("mini-gemma", other)):  # the second model's share
             argv = steps[f"{title} {model}"]

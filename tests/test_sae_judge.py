@@ -106,6 +106,7 @@ def test_judge_table_own_random_mismatched_with_cis():
     for name in ("own", "random", "mismatched", "own_minus_random", "own_minus_mismatched"):
         assert row[f"{name}_ci_low"] <= row[name] <= row[f"{name}_ci_high"]
     assert row["own_minus_random"] == pytest.approx(row["own"] - row["random"])
+    assert row["own_p_yes"] == pytest.approx(row["own"])  # the word judge answers 0 or 1
     assert row["n_images"] == n and row["alive_features"] == 8 and row["features_per_image"] == k
 
 

@@ -108,7 +108,8 @@ def write_judge(args: argparse.Namespace, rows: list[dict], per_image: list[dict
     atomic_write(sae_table(out, "sae_judge_images", args.model),
                  lambda t: pd.DataFrame(per_image).to_csv(t, index=False))  # fmt: skip
     atomic_write(sae_table(out, "sae_judge", args.model), lambda t: df.to_csv(t, index=False))
-    cols = ["layer", "own", "random", "mismatched", "own_minus_random", "own_minus_mismatched"]
+    cols = ["layer", "own", "random", "mismatched", "own_minus_random", "own_minus_mismatched",
+            "own_p_yes", "random_p_yes", "mismatched_p_yes"]  # fmt: skip
     print(f"judge {args.judge} ({rows[0]['judge_model']}, shown the {rows[0]['judge_shown']}):")
     print(df[cols].to_string(index=False))
 

@@ -210,7 +210,8 @@ def judge_rows(
 ) -> tuple[list[dict], list[dict]]:
     """Per layer: the share of YES on each image's top features (own), on as many random alive
     features (random) and on its top features shown another image (mismatched); summarised
-    with bootstrap CIs over images, and the differences own - random, own - mismatched.
+    with bootstrap CIs over images, and the differences own - random, own - mismatched; the
+    mean P(YES) of each (<set>_p_yes).
     words: {layer: {feature: description}}; top: {layer: [(k,) per image]}."""
     rows, per_image = [], []
     for layer in tqdm(sorted(top), desc="judge layers", disable=not progress):
@@ -219,14 +220,18 @@ def judge_rows(
         rand = random_features(alive[layer], n, k, seed + layer)
         feats = {"own": tops, "random": rand, "mismatched": tops}
         ask = {"own": range(n), "random": range(n), "mismatched": other}
-        share = {}
+        share, prob = {}, {}
         for name, f in feats.items():
             lens = [words[layer][int(x)] for x in f.flatten()]
             seen = [shown[j] for j in ask[name] for _ in range(k)]
-            share[name] = (judge.p_yes(lens, seen) > 0.5).float().view(n, k).mean(1)
-        per_image += [{"image": i, "layer": layer, **{m: float(v[i]) for m, v in share.items()}}
+            p = judge.p_yes(lens, seen).view(n, k)
+            share[name], prob[f"{name}_p_yes"] = (p > 0.5).float().mean(1), p.mean(1)
+        per_image += [{"image": i, "layer": layer,
+                       **{m: float(v[i]) for m, v in (share | prob).items()}}
                       for i in range(n)]  # fmt: skip
-        row: dict[str, Any] = {**meta, "layer": layer}
+        # the mean P(YES) beside the shares: how far from the 0.5 line the answers are
+        row: dict[str, Any] = {**meta, "layer": layer,
+                               **{m: float(v.mean()) for m, v in prob.items()}}  # fmt: skip
         for name, v in [*share.items(), ("own_minus_random", share["own"] - share["random"]),
                         ("own_minus_mismatched", share["own"] - share["mismatched"])]:  # fmt: skip
             s = summarize(v, n_boot, seed)
