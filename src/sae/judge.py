@@ -87,14 +87,25 @@ def chat_text(tokenizer: Any, text: str) -> str:
 
 
 @dataclass
-class TextLMJudge:
-    """A causal text LM shown the reference caption in place of the image."""
+class Judge:
+    """What a judge is built from (make_judge); p_yes(words, shown) -> (n,) P(YES) per pair."""
 
     model_id: str
     device: torch.device
     dtype: torch.dtype
     batch_size: int = 16
     answers: tuple[tuple[str, str], ...] = ANSWERS
+    shown: ClassVar[str]
+    default_model: ClassVar[str | None]
+
+    def p_yes(self, words: list[str], shown: list[Shown]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass
+class TextLMJudge(Judge):
+    """A causal text LM shown the reference caption in place of the image."""
+
     shown: ClassVar[str] = "reference caption"
     default_model: ClassVar[str | None] = "smollm2-135m-instruct"
     lm: Any = field(init=False)
@@ -129,14 +140,10 @@ class TextLMJudge:
 
 
 @dataclass
-class VLMJudge:
+class VLMJudge(Judge):
     """A hub chat VLM shown the image itself (its processor's chat template and batching)."""
 
-    model_id: str
-    device: torch.device
-    dtype: torch.dtype
     batch_size: int = 8
-    answers: tuple[tuple[str, str], ...] = ANSWERS
     shown: ClassVar[str] = "image"
     default_model: ClassVar[str | None] = None
     model: Any = field(init=False)
@@ -175,7 +182,7 @@ class VLMJudge:
         return torch.cat(out) if out else torch.empty(0)
 
 
-JUDGES: dict[str, type[TextLMJudge] | type[VLMJudge]] = {"text-lm": TextLMJudge, "vlm": VLMJudge}
+JUDGES: dict[str, type[Judge]] = {"text-lm": TextLMJudge, "vlm": VLMJudge}
 
 
 def make_judge(name: str, model_id: str | None, device: torch.device, dtype: torch.dtype):
