@@ -10,6 +10,9 @@ STEPS=${1:-150}
 DATA=${DATA:-data}
 OUT=sample/prefix_connector
 python -m src.extract.make_sample --out "$DATA/sample"
+# the weights are not committed (.gitignore): a folder without them is rebuilt from scratch
+[ -f "$OUT/dual/dual_encoder.safetensors" ] || rm -rf "$OUT/dual" "$OUT/prefix8"
+[ -f "$OUT/prefix8/connector.safetensors" ] || rm -rf "$OUT/prefix8"
 CACHE=()  # the main job's pooled EfficientNet-Lite0 vectors, where they exist
 [ -d "$DATA/clip_ref/efficientnet-lite0" ] && CACHE=(--vision_cache "$DATA/clip_ref/efficientnet-lite0")
 python -m src.train.train_align --root "$DATA/sample" --shards photos,synth_00,synth_01,synth_02 \

@@ -185,12 +185,14 @@ class VLMJudge(Judge):
 JUDGES: dict[str, type[Judge]] = {"text-lm": TextLMJudge, "vlm": VLMJudge}
 
 
-def make_judge(name: str, model_id: str | None, device: torch.device, dtype: torch.dtype):
+def make_judge(
+    name: str, model_id: str | None, device: torch.device, dtype: torch.dtype, batch_size: int
+) -> Judge:
     cls = JUDGES[name]
     model_id = model_id or cls.default_model
     if model_id is None:
         raise UserError(f"--judge {name} needs --judge_model (a hub id or local folder)")
-    return cls(model_id, device, dtype)
+    return cls(model_id, device, dtype, batch_size=batch_size)
 
 
 def random_features(alive: torch.Tensor, n: int, count: int, seed: int) -> torch.Tensor:

@@ -423,8 +423,7 @@ def judge_tables(
     from src.sae.judge import Shown, judge_rows, make_judge
 
     judge = make_judge(args.judge, args.judge_model, adapter.device,
-                       resolve_dtype(args.dtype, adapter.device))  # fmt: skip
-    judge.batch_size = args.judge_batch
+                       resolve_dtype(args.dtype, adapter.device), args.judge_batch)  # fmt: skip
     paths = {}
     if args.image_dir is not None:
         for shard in sorted(set(tops.shards)):
