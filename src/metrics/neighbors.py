@@ -40,6 +40,16 @@ METRICS: tuple[str, ...] = ("cos", "l2")
 # --------------------------------------------------------------------------------------------
 
 
+# Rows per pass of the row-wise passes (finiteness, squared norms): their temporaries are
+# (ROW_CHUNK, D), not (N, D). Per-row sums do not depend on the chunking (bit-identical).
+ROW_CHUNK = 4096
+
+
+def row_sq_norms(x: Tensor) -> Tensor:
+    """|x_i|^2 for x (N, D) -> (N,), row chunk by row chunk (ROW_CHUNK)."""
+    return torch.cat([(c * c).sum(dim=1) for c in x.split(ROW_CHUNK)])
+
+
 def check_features(x: Tensor, name: str = "x", *, finite: bool = True) -> None:
     """Raise ValueError unless x is a non-empty (N, D) tensor whose rows are all finite.
 
@@ -52,7 +62,7 @@ def check_features(x: Tensor, name: str = "x", *, finite: bool = True) -> None:
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name}: empty input, shape {tuple(x.shape)}")
     if finite and x.is_floating_point():
-        bad = ~torch.isfinite(x).all(dim=1)
+        bad = torch.cat([~torch.isfinite(c).all(dim=1) for c in x.split(ROW_CHUNK)])
         if bool(bad.any()):
             rows = bad.nonzero().flatten()
             raise ValueError(
@@ -98,7 +108,7 @@ def _prepare(
     _check_metric(metric)
     check_features(x, name)
     xp = x.to(_compute_dtype(x)).contiguous()
-    sq = (xp * xp).sum(dim=1)
+    sq = row_sq_norms(xp)
     dups = _Duplicates.find(xp, sq)
     if metric == "cos":
         zero = sq == 0
@@ -108,7 +118,9 @@ def _prepare(
                 f"{name}: cosine distance is undefined for all-zero rows: {rows.numel()} rows "
                 f"(first rows: {rows[:5].tolist()})"
             )
-        return xp / sq.sqrt().unsqueeze(1), None, dups
+        norms = sq.sqrt().unsqueeze(1)
+        # a copy made above (cast or contiguous) is normalised in place: no second (N, D) copy
+        return (xp / norms if xp is x else xp.div_(norms)), None, dups
     return xp, sq, dups
 
 
@@ -398,20 +410,20 @@ def _merge_column_candidates(
     vals[c0:c1], idx[c0:c1] = v2, all_i.gather(1, j2)
 
 
-def _knn_symmetric(
-    xp: Tensor, x_sq: Tensor | None, k: int, block_size: int
+def _symmetric_candidates(
+    xp: Tensor, x_sq: Tensor | None, k1: int, block_size: int
 ) -> tuple[Tensor, Tensor]:
-    """Lower-triangle blocks only: block J computes its rows against columns [0, end of J).
+    """Each row's top-k1 scores and their columns, (N, k1) each, from lower-triangle blocks only:
+    block J computes its rows against columns [0, end of J).
 
     The score matrix is symmetric, so the same (b, e) slab also holds, transposed, the scores
     of every earlier row c < s against the b rows of J. Rows of J take their top-(k+1) over the
     slab. For earlier rows only entries above their current (k+1)-th best can enter, which after
     the first blocks is a few per row: those are gathered (mask + nonzero) and merged. Half the
     GEMM work, for a mask pass and the merges. Ranking runs on scores (larger = nearer, so topk
-    takes the largest in place); the k + 1 survivors become distances at the end.
+    takes the largest in place). The slab buffer dies on return, before the caller's sorts.
     """
     n = xp.shape[0]
-    k1 = k + 1
     dev = xp.device
     inf = torch.inf
     # Running candidate scores; placeholders (-inf, -1) lose to any real candidate.
@@ -439,7 +451,15 @@ def _knn_symmetric(
         for c0 in range(0, s, _MERGE_ROWS):
             c1 = min(c0 + _MERGE_ROWS, s)
             _merge_column_candidates(d, vals, idx, c0, c1, s)
-    del buf
+    return vals, idx
+
+
+def _knn_symmetric(
+    xp: Tensor, x_sq: Tensor | None, k: int, block_size: int
+) -> tuple[Tensor, Tensor]:
+    """The symmetric search (_symmetric_candidates); the k + 1 survivors become distances."""
+    n, dev, inf = xp.shape[0], xp.device, torch.inf
+    vals, idx = _symmetric_candidates(xp, x_sq, k + 1, block_size)
     l2 = x_sq is not None
 
     def exact_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
