@@ -7,9 +7,11 @@
    IndexFlatIP / IndexFlatL2
    (skipped if faiss is not installed: `pip install -r requirements-bench.txt`) vs scikit-learn
    NearestNeighbors(algorithm="brute"). Each method runs in its own subprocess on the same seeded
-   data (a Gaussian mixture), timed twice (best reported), with peak RSS sampled every 5 ms during
-   the search. Neighbour sets are compared with ours; rows that differ are checked in float64 to
-   tell rounding near-ties at the k-th distance from real errors. Goals: ours <= 0.8x faiss's
+   data (a Gaussian mixture), timed `--repeats` times (best reported), with peak RSS sampled
+   every 5 ms during the search: the first search's peak is the memory measure (the peak over
+   all repeats is recorded beside it; timed() says why it differs). Neighbour sets are
+   compared with ours; rows that differ are checked in float64 to tell rounding near-ties at
+   the k-th distance from real errors. Goals: ours <= 0.8x faiss's
    time, peak extra memory <= 1.5x faiss's. `--methods ours faiss --n 100000 --skip_cka` is the
    large run (memory must stay O(block x N)).
 2. Linear CKA (float64) at cka_n x d: our feature-space form vs the N x N Gram form (centred Gram
@@ -65,6 +67,7 @@ class PeakRSS:
     """Peak resident memory of this process while the block runs (psutil, sampled every 5 ms)."""
 
     cpu_times: list[float]  # filled by timed()
+    first_peak: int  # filled by timed()
 
     def __enter__(self) -> PeakRSS:
         self._proc = psutil.Process()
@@ -91,16 +94,24 @@ def timed(fn: Callable[[], object], repeats: int) -> tuple[object, list[float], 
 
     mem.cpu_times holds each repeat's process CPU time (all threads): on a shared machine the
     wall time mostly measures the other jobs, the CPU time much less so (it still counts OpenMP
-    threads spinning while a sibling thread is descheduled).
+    threads spinning while a sibling thread is descheduled). mem.first_peak is the peak during
+    the first repeat: one call's memory. Later repeats add what glibc's heap kept of the earlier
+    ones' freed temporaries (its mmap threshold rises after the first large free, so mid-sized
+    blocks come from the heap, which RSS never gives back: with MALLOC_MMAP_THRESHOLD_ fixed at
+    1 MB our l2 search's peak is 146 MB after one and 162 MB after three, else 155 and 230).
     """
     times = []
+    out = None
     with PeakRSS() as mem:
         mem.cpu_times = []
-        for _ in range(repeats):
+        for r in range(repeats):
+            del out  # the previous repeat's result is not part of this one's memory
             t0, c0 = time.perf_counter(), time.process_time()
             out = fn()
             times.append(time.perf_counter() - t0)
             mem.cpu_times.append(time.process_time() - c0)
+            if r == 0:
+                mem.first_peak = max(mem.peak, mem._proc.memory_info().rss)
     return out, times, mem
 
 
@@ -172,7 +183,10 @@ def run_worker(args: argparse.Namespace) -> int:
         "best_s": min(times),
         "rss_before_mb": mem.before / 2**20,
         "peak_rss_mb": mem.peak / 2**20,
-        "peak_extra_mb": (mem.peak - mem.before) / 2**20,
+        # one search in a fresh process (the goal's measure); over all repeats (timed() says why
+        # it is larger)
+        "peak_extra_mb": (mem.first_peak - mem.before) / 2**20,
+        "peak_extra_mb_all_repeats": (mem.peak - mem.before) / 2**20,
         "best_cpu_s": min(mem.cpu_times),
     }
     print(json.dumps(record))
@@ -258,6 +272,9 @@ def bench_knn(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                 per[f"ratio_{method}_over_faiss"] = mine["best_s"] / faiss["best_s"]
                 per[f"memory_ratio_{method}_over_faiss"] = (
                     mine["peak_extra_mb"] / faiss["peak_extra_mb"]
+                )
+                per[f"memory_ratio_{method}_over_faiss_all_repeats"] = (
+                    mine["peak_extra_mb_all_repeats"] / faiss["peak_extra_mb_all_repeats"]
                 )
         ours_t, sk_t = per.get("ours", {}).get("best_s"), per.get("sklearn", {}).get("best_s")
         if ours_t and sk_t:
@@ -412,9 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     for metric, per in result.get("knn", {}).items():
         for method in ("ours", "ours_rowblock"):
             if f"ratio_{method}_over_faiss" in per:
+                mem = f"memory_ratio_{method}_over_faiss"
                 print(f"  kNN {metric}: {method} / faiss time = "
                       f"{per[f'ratio_{method}_over_faiss']:.2f} (<= 0.8), peak extra memory = "
-                      f"{per[f'memory_ratio_{method}_over_faiss']:.2f} (<= 1.5)")  # fmt: skip
+                      f"{per[mem]:.2f} (<= 1.5; over all repeats "
+                      f"{per[mem + '_all_repeats']:.2f})")  # fmt: skip
         if "ratio_ours_over_sklearn" in per:
             print(f"  kNN {metric}: ratio_ours_over_sklearn = {per['ratio_ours_over_sklearn']:.2f}")
     if "cka" in result:

@@ -117,6 +117,40 @@ def test_exact_ties_break_by_index_for_every_block_size(symmetric, block_size, d
     assert torch.equal(i, again)
 
 
+@pytest.mark.parametrize("e", [8 * 40, 8 * 40 + 5, 1003])
+@pytest.mark.parametrize("k", [1, 10])
+def test_row_topk_takes_the_k_largest(e, k):
+    from src.metrics.neighbors import row_topk
+
+    g = torch.Generator().manual_seed(e + k)
+    ties = torch.randint(0, 6, (30, e), generator=g).float()  # ties everywhere
+    spread = torch.randn(30, e, generator=g)
+    spread[:, 3] = -torch.inf  # the searches' excluded self
+    for scores in (ties, spread):
+        v, i = row_topk(scores, k)
+        assert v.shape == i.shape == (30, k)
+        assert torch.equal(scores.gather(1, i), v)  # columns and values agree
+        assert (i.sort(dim=1).values.diff(dim=1) > 0).all()  # k distinct columns
+        plain = scores.topk(k, dim=1).values
+        assert torch.equal(v.sort(dim=1, descending=True).values, plain)
+
+
+@pytest.mark.parametrize("points", ["integer", "gaussian"])
+def test_symmetric_search_with_grouped_selection_matches_reference(points):
+    # Rows of 320+ columns at k = 6 take row_topk's grouped path (the small tests above do not).
+    g = torch.Generator().manual_seed(4)
+    if points == "integer":  # distinct integer points: exact distance ties everywhere
+        u = torch.unique(tie_heavy(3000, seed=4), dim=0)
+        x = u[torch.randperm(len(u), generator=g)]
+    else:
+        x = torch.randn(900, 8, generator=g)
+    for block_size in (64, 333):
+        d, i = knn(x, 6, metric="l2", block_size=block_size, symmetric=True)
+        rd, ri = ref_knn(x, 6, "l2")
+        np.testing.assert_array_equal(i.numpy(), ri)
+        np.testing.assert_allclose(d.numpy(), rd, rtol=1e-5, atol=1e-5)
+
+
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
 def blas_threads(request):
     """Run a test under one and under two BLAS threads (rounding may depend on the split)."""

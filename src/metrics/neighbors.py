@@ -381,6 +381,36 @@ def _knn_rowblock(
     return out_v, out_i
 
 
+_TOPK_GROUPS = 8  # column groups per row of row_topk's pre-selection
+
+
+def row_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k largest entries of each row, unsorted: scores (b, e) -> values, columns (b, k).
+
+    The same sets (up to which of equal values are taken) as scores.topk(k, sorted=False), for
+    about 2/3 of its time on CPU at e = 20k, k = 101. The first g m columns (g = _TOPK_GROUPS,
+    m = e // g) form m groups {j, j + m, ..., j + (g-1) m}, whose maxima are one elementwise max
+    of g contiguous slices. Only the k groups with the largest maxima can hold the answer: a
+    group left out has a maximum <= each of k chosen maxima, so every entry it holds is <= k
+    candidates. Those k g entries and the last e - g m columns are ranked exactly.
+    """
+    b, e = scores.shape
+    g = _TOPK_GROUPS
+    m = e // g
+    if m < 4 * k:  # few columns: the plain selection is as cheap
+        v, i = scores.topk(k, dim=1, sorted=False)
+        return v, i
+    group_max = scores[:, : g * m].view(b, g, m).amax(dim=1)  # (b, m)
+    groups = group_max.topk(k, dim=1, sorted=False).indices
+    offsets = torch.arange(0, g * m, m, device=scores.device)
+    cols = (groups.unsqueeze(2) + offsets).view(b, k * g)
+    if g * m < e:
+        rest = torch.arange(g * m, e, device=scores.device)
+        cols = torch.cat([cols, rest.expand(b, -1)], dim=1)
+    v, j = scores.gather(1, cols).topk(k, dim=1, sorted=False)
+    return v, cols.gather(1, j)
+
+
 def _merge_column_candidates(
     d: Tensor, vals: Tensor, idx: Tensor, c0: int, c1: int, s: int
 ) -> None:
@@ -438,7 +468,7 @@ def _symmetric_candidates(
         d = _symmetric_scores(xp[s:e], xp[:e], q_sq, c_sq, buf[: b * e].view(b, e))
         d.diagonal(offset=s).fill_(-inf)
         kk = min(k1, e)
-        v, i = d.topk(kk, dim=1, sorted=False)
+        v, i = row_topk(d, kk)
         vals[s:e, :kk], idx[s:e, :kk] = v, i
         if s == 0:
             continue
