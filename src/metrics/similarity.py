@@ -290,18 +290,19 @@ def linear_cka(
 GRAM_NULL_MAX_BYTES = 2 * 2**30
 # A permuted Gram inner product costs N^2 gathered multiply-adds (two index_selects and a dot,
 # memory-bound); a permuted cross product N Dx Dy multiply-adds at GEMM speed. One of the former
-# cost about this many of the latter (float64, 2 shared CPU cores, N = 2011, Dx = 1280,
-# Dy = 576: 95 ms against 312 ms per permutation; bench/bench_geometry.py --nulls).
-GATHER_COST = 100.0
+# costs about this many of the latter (2 CPU cores, bench/bench_nulls.py: 94 at N = 2011,
+# Dx = 1280, Dy = 576, 10 ms against 39 ms per permutation; 60 at N = 10,000, Dx = Dy = 1024,
+# 195 ms against 341 ms, where 100 had picked the feature form, 1.5x slower over 200).
+GATHER_COST = 75.0
 
 
 def _use_gram_null(n: int, dx: int, dy: int, n_perm: int) -> bool:
-    """Per case: the N x N form when its total cost (building the two Gram matrices,
-    N^2 (Dx + Dy), then n_perm gathers of N^2) and its memory (two float32 N x N) are the
-    smaller."""
+    """Per case: the N x N form when its total cost (building the two Gram matrices from their
+    upper triangles, N^2 (Dx + Dy) / 2, then n_perm gathers of N^2) and its memory (two float32
+    N x N) are the smaller."""
     if 2 * n * n * 4 > GRAM_NULL_MAX_BYTES:
         return False
-    gram = n * n * (dx + dy) + n_perm * GATHER_COST * n * n
+    gram = n * n * (dx + dy) / 2 + n_perm * GATHER_COST * n * n
     return gram < n_perm * n * dx * dy
 
 
