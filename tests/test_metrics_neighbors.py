@@ -135,6 +135,20 @@ def test_row_topk_takes_the_k_largest(e, k):
         assert torch.equal(v.sort(dim=1, descending=True).values, plain)
 
 
+@pytest.mark.parametrize(
+    ("shape", "share"),
+    [((37, 64), 0.01), ((256, 1024), 0.003), ((5, 8), 0.5), ((3, 7), 0.3), ((2, 8), 0.0),
+     ((16, 16), 1.0)],
+)  # fmt: skip
+def test_sparse_nonzero_is_nonzero(shape, share):
+    from src.metrics.neighbors import sparse_nonzero
+
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(shape[0])) < share
+    rows, cols = sparse_nonzero(mask)
+    ref_rows, ref_cols = mask.nonzero(as_tuple=True)
+    assert torch.equal(rows, ref_rows) and torch.equal(cols, ref_cols)
+
+
 @pytest.mark.parametrize("points", ["integer", "gaussian"])
 def test_symmetric_search_with_grouped_selection_matches_reference(points):
     # Rows of 320+ columns at k = 6 take row_topk's grouped path (the small tests above do not).

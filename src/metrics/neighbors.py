@@ -381,6 +381,22 @@ def _knn_rowblock(
     return out_v, out_i
 
 
+def sparse_nonzero(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """mask.nonzero(as_tuple=True) for a contiguous 2-D bool mask with few True entries.
+
+    Scans the mask as int64 words (8 entries each) first and expands only the words that are
+    not zero: one pass over N / 8 words instead of N bytes. Same indices, same order.
+    """
+    flat = mask.view(-1)
+    if flat.numel() % 8 or not mask.is_contiguous():
+        rows, cols = mask.nonzero(as_tuple=True)
+        return rows, cols
+    words = flat.view(torch.int64).nonzero().flatten()  # words holding a True entry, ascending
+    inner = flat.view(-1, 8)[words].nonzero(as_tuple=True)  # (word slot, byte) in order
+    pos = words[inner[0]] * 8 + inner[1]
+    return pos // mask.shape[1], pos % mask.shape[1]
+
+
 _TOPK_GROUPS = 8  # column groups per row of row_topk's pre-selection
 
 
@@ -422,7 +438,7 @@ def _merge_column_candidates(
     """
     thr = vals[c0:c1].amin(dim=1)
     mask_t = (d[:, c0:c1] > thr).T.contiguous()  # (c, b): nonzero comes out grouped by row c
-    cols, rows = mask_t.nonzero(as_tuple=True)
+    cols, rows = sparse_nonzero(mask_t)
     if cols.numel() == 0:
         return
     cand_v = d[rows, cols + c0]
