@@ -147,6 +147,9 @@ def test_sparse_nonzero_is_nonzero(shape, share):
     rows, cols = sparse_nonzero(mask)
     ref_rows, ref_cols = mask.nonzero(as_tuple=True)
     assert torch.equal(rows, ref_rows) and torch.equal(cols, ref_cols)
+    rows_t, cols_t = sparse_nonzero(mask.T)  # not contiguous: the plain path
+    assert torch.equal(rows_t, ref_cols.sort(stable=True).values)
+    assert torch.equal(torch.stack([rows_t, cols_t]), torch.stack(mask.T.nonzero(as_tuple=True)))
 
 
 @pytest.mark.parametrize("points", ["integer", "gaussian"])

@@ -387,10 +387,10 @@ def sparse_nonzero(mask: Tensor) -> tuple[Tensor, Tensor]:
     Scans the mask as int64 words (8 entries each) first and expands only the words that are
     not zero: one pass over N / 8 words instead of N bytes. Same indices, same order.
     """
-    flat = mask.view(-1)
-    if flat.numel() % 8 or not mask.is_contiguous():
+    if mask.numel() % 8 or not mask.is_contiguous():
         rows, cols = mask.nonzero(as_tuple=True)
         return rows, cols
+    flat = mask.view(-1)
     words = flat.view(torch.int64).nonzero().flatten()  # words holding a True entry, ascending
     inner = flat.view(-1, 8)[words].nonzero(as_tuple=True)  # (word slot, byte) in order
     pos = words[inner[0]] * 8 + inner[1]
