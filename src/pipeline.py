@@ -46,7 +46,7 @@ from src.extract import cache_activations, extract_clip, extract_knn, extract_ve
 from src.models.reference import preferred_dtype
 from src.models.towers import remember_pooled_features
 from src.plot import attention_maps, embedding_maps, report
-from src.runtime import csv_list
+from src.runtime import csv_list, retain_heap_memory
 from src.train import export_recon, train_align, train_kernel_align, train_recon, train_sae
 
 Step = tuple[str, Callable[[list[str]], int], list[str]]
@@ -447,6 +447,7 @@ def summarise(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    retain_heap_memory()  # its steps allocate the same large blocks again and again
     t_all = time.perf_counter()
     timings = []
     # The steps share one process: the efficientnet-lite0 reference reuses the global average
