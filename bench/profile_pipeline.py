@@ -271,10 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     stack = contextlib.ExitStack()
     print(f"load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    from src.models.towers import remember_pooled_features
-
     try:
-        stack.enter_context(remember_pooled_features())  # as src.pipeline.main runs the steps
+        stack.enter_context(pipeline.shared_process())  # as src.pipeline.main runs the steps
         install(patches)
         wanted = args.steps.split(",") if args.steps else None
         for n, (title, stage_main, stage_argv) in enumerate(pipeline.plan(args)):

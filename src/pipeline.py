@@ -8,9 +8,10 @@ second run only checks the manifests and ends in seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from src.cli import flags
@@ -116,7 +117,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--recon_epochs", type=int, default=15)
     p.add_argument("--caption_shard", default="synth_03", help="held-out shard to caption")
     p.add_argument("--caption_n", type=int, default=200, help="images captioned per variant")
-    p.add_argument("--perturb_n", type=int, default=80, help="images per perturbation level")
+    p.add_argument("--perturb_n", type=int, default=40, help="images per perturbation level")
     p.add_argument(
         "--caption_n_others",
         type=int,
@@ -445,14 +446,22 @@ def summarise(args: argparse.Namespace) -> None:
         )
 
 
+@contextlib.contextmanager
+def shared_process() -> Iterator[None]:
+    """The process all steps run in: glibc keeps freed memory for reuse (the steps allocate the
+    same large blocks again and again: retain_heap_memory), and the efficientnet-lite0 reference
+    reuses the global average pool that extraction's forward just computed on the same pixels
+    (towers.py says why)."""
+    retain_heap_memory()
+    with remember_pooled_features():
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    retain_heap_memory()  # its steps allocate the same large blocks again and again
     t_all = time.perf_counter()
     timings = []
-    # The steps share one process: the efficientnet-lite0 reference reuses the global average
-    # pool that extraction's forward just computed on the same pixels (towers.py says why).
-    with remember_pooled_features():
+    with shared_process():
         for title, stage_main, stage_argv in plan(args):
             print(f"== {title}", flush=True)
             t0 = time.perf_counter()

@@ -45,7 +45,10 @@ def test_caption_nll_from_cached_prefixes_equals_the_full_sequence_loss(mini_ada
         want = model.caption_loss(post[image], caps)
         states = PrefixStates.cat([model.prefix_states(post[:2]), model.prefix_states(post[2:])])
         got = model.caption_nll(states, image, caps)
+        # a batch whose captions are empty: only <|im_end|>, predicted by the prefix's last logit
+        empty = model.caption_nll(states, [1, 0], ["", ""])
     torch.testing.assert_close(got, want, **NLL_TOL)
+    torch.testing.assert_close(empty, model.caption_loss(post[[1, 0]], ["", ""]), **NLL_TOL)
 
 
 def test_nll_scores_equal_one_full_sequence_per_row(mini_adapter):

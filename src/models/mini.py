@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from transformers.cache_utils import DynamicCache
 
 from src.data.io import local_path, portable
 from src.errors import UserError
+from src.metrics.text import token_nll
 from src.models.base import (
     DEFAULT_PROMPT,
     BatchInputs,
@@ -248,25 +248,16 @@ class ComposedVLM(torch.nn.Module):
         prefix = self.embed_prompt(post, prompt)  # (B, P, D)
         target = self._caption_targets(captions, post.device)
         width = target.shape[1]
-        text_emb = self.lm.get_input_embeddings()(target.clamp(min=0)).to(post.dtype)
-        mask = torch.ones(prefix.shape[0], prefix.shape[1] + width, device=post.device)
-        mask[:, prefix.shape[1] :] = (target != -100).float()
-        # The logit at position p predicts token p + 1: caption token j sits at P + j, so only
-        # the last width + 1 positions' logits are needed (the LM head over Gemma's 262k entries
-        # at every prefix position was a third of a training step).
+        # The logit at position p predicts token p + 1: caption token j sits at P + j, so the
+        # last caption token is not fed (it predicts nothing) and only the last `width` logits
+        # are computed (the LM head over Gemma's 262k entries at every prefix position was a
+        # third of a training step): (B, width, V), contiguous, one row per target.
+        text_emb = self.lm.get_input_embeddings()(target[:, :-1].clamp(min=0)).to(post.dtype)
+        mask = torch.ones(prefix.shape[0], prefix.shape[1] + width - 1, device=post.device)
+        mask[:, prefix.shape[1] :] = (target[:, :-1] != -100).float()
         logits = self.lm(inputs_embeds=torch.cat([prefix, text_emb], 1), attention_mask=mask,
-                         logits_to_keep=width + 1).logits  # fmt: skip
-        pred = logits[:, :-1].float()  # (B, width, V)
-        # One (V,) row per token: float32 cross-entropy over a strided vocabulary dim (the
-        # (B, V, width) layout) was off by 6e-5 relative at Gemma's 262k entries against float64,
-        # contiguous rows by 8e-6.
-        flat = F.cross_entropy(
-            pred.reshape(-1, pred.shape[-1]),
-            target.reshape(-1),
-            ignore_index=-100,
-            reduction="none",
-        )
-        nll = flat.view_as(target)  # (B, width)
+                         logits_to_keep=width).logits  # fmt: skip
+        nll = token_nll(logits, target)  # (B, width)
         return nll.sum(1) / (target != -100).sum(1)
 
     def _caption_targets(self, captions: list[str], device: torch.device) -> torch.Tensor:
@@ -302,22 +293,21 @@ class ComposedVLM(torch.nn.Module):
         the tolerance).
         """
         rows = torch.as_tensor(image, dtype=torch.long, device=prefix.last_logit.device)
-        cache = DynamicCache(ddp_cache_data=[(k[rows], v[rows]) for k, v in prefix.kv],
-                             config=self.lm.config)  # fmt: skip
         target = self._caption_targets(captions, rows.device)  # (B, W)
-        dtype = prefix.kv[0][0].dtype
-        text_emb = self.lm.get_input_embeddings()(target.clamp(min=0)).to(dtype)
-        mask = torch.ones(len(rows), prefix.length + target.shape[1], device=rows.device)
-        mask[:, prefix.length :] = (target != -100).float()
-        logits = self.lm(inputs_embeds=text_emb, attention_mask=mask, past_key_values=cache).logits
-        # The prefix's last logit predicts caption token 0, caption token j's predicts j + 1.
-        pred = torch.cat([prefix.last_logit[rows, None], logits[:, :-1]], 1).float()  # (B, W, V)
-        # one (V,) row per token, as caption_loss does (the strided layout rounds worse)
-        nll = F.cross_entropy(
-            pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=-100,
-            reduction="none",
-        ).view_as(target)  # fmt: skip
-        return nll.sum(1) / (target != -100).sum(1)
+        # The prefix's last logit predicts caption token 0, caption token j's predicts j + 1:
+        # the last token is not fed, so the logits are (B, W - 1, V) in place, with no copy.
+        nll = [token_nll(prefix.last_logit[rows, None], target[:, :1])]
+        if target.shape[1] > 1:
+            cache = DynamicCache(ddp_cache_data=[(k[rows], v[rows]) for k, v in prefix.kv],
+                                 config=self.lm.config)  # fmt: skip
+            fed = target[:, :-1]
+            text_emb = self.lm.get_input_embeddings()(fed.clamp(min=0)).to(prefix.kv[0][0].dtype)
+            mask = torch.ones(len(rows), prefix.length + fed.shape[1], device=rows.device)
+            mask[:, prefix.length :] = (fed != -100).float()
+            logits = self.lm(inputs_embeds=text_emb, attention_mask=mask,
+                             past_key_values=cache).logits  # fmt: skip
+            nll.append(token_nll(logits, target[:, 1:]))
+        return torch.cat(nll, 1).sum(1) / (target != -100).sum(1)
 
     @torch.no_grad()
     def generate(

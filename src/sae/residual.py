@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from src.data.images import list_images, load_image
+from src.metrics.text import token_nll
 from src.models.base import LMSequences, VLMAdapter
 
 # layer -> token set -> per image (n_i, D) rows
@@ -93,14 +93,8 @@ def residuals(
 def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean NLL of the labelled positions of each row: logits (B, L, V), labels (B, L) -> (B,).
 
-    One (V,) row per position in float32, as ComposedVLM.caption_loss computes it."""
-    flat = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        labels.reshape(-1),
-        ignore_index=-100,
-        reduction="none",
-    ).view_as(labels)
-    return flat.sum(1) / (labels != -100).sum(1)
+    Per position as ComposedVLM.caption_loss computes it (token_nll)."""
+    return token_nll(logits, labels).sum(1) / (labels != -100).sum(1)
 
 
 @dataclass
