@@ -209,8 +209,10 @@ def test_connector_trains_on_exactly_what_generation_sees(mini_adapter):
     assert torch.equal(training_input[:, :p], generation_prefix)
     target = model._caption_targets([caption], post.device)[0]
     assert int(target[-1]) == model.eos_id  # the end token is a target
-    emb = model.lm.get_input_embeddings()(target)
-    assert torch.equal(training_input[0, p:], emb)  # the caption follows the prefix directly
+    # the caption follows the prefix directly; its last token (the end) predicts nothing, so it
+    # is a target but not an input
+    emb = model.lm.get_input_embeddings()(target[:-1])
+    assert torch.equal(training_input[0, p:], emb)
 
 
 def test_text_cache_is_read_when_it_matches_and_never_written(tmp_path, monkeypatch):
