@@ -34,9 +34,10 @@ def retain_heap_memory() -> bool:
     matrix) is a fresh mmap, whose pages fault in one by one when first written and go back to
     the kernel on free: the main job took 89 million page faults, 288 s of system time on a
     2-core VM, where each fault also stalls the other thread. Kept in the heap, the next block
-    of that size reuses pages already mapped (score perturbations: 10.3 million faults -> 1.2
-    million, 143-160 s -> 125-133 s; bench note in the README). The cost is a resident size that
-    stays at its high-water mark, so this is for one-process drivers such as src.pipeline.
+    of that size reuses pages already mapped (score perturbations, alternating runs in one
+    process: 10.2 million faults -> 1.2 million, 148-162 s -> 126-128 s). The cost is a
+    resident size that stays at its high-water mark, so this is for one-process drivers such as
+    src.pipeline.
     """
     if platform.libc_ver()[0] != "glibc":
         return False
