@@ -46,6 +46,8 @@ def small_study(root) -> list[str]:
         "2",
         "--align_n",
         "6",
+        "--ref_max_images",
+        "craft-vgg16=8",  # as in the main job, a reference on part of each shard
         "--no_progress",
     ]
 
@@ -122,3 +124,26 @@ def test_sae_layers_per_model():
     for bad in ("mini=1,x", "mini=1;mini=2", "mini="):
         with pytest.raises(SystemExit):
             layers(["--sae_layers", bad])
+
+
+def test_references_capped_per_shard():
+    import pytest
+
+    def max_images(argv):
+        args = pipeline.get_args_parser().parse_args(argv)
+        out = {}
+        for title, _, a in pipeline.plan(args):
+            if title.startswith("reference "):
+                out[title.split()[-1]] = (
+                    a[a.index("--max_images") + 1] if "--max_images" in a else None
+                )
+        return out
+
+    # the default: CRAFT's float32 trunk on the first 100 images of each shard, the others whole
+    assert max_images([]) == {"craft-vgg16": "100", "efficientnet-lite0": None, "minilm": None}
+    assert max_images(["--ref_max_images", ""]) == dict.fromkeys(max_images([]))
+    capped = max_images(["--ref_max_images", "minilm=7,craft-vgg16=3"])
+    assert capped == {"craft-vgg16": "3", "efficientnet-lite0": None, "minilm": "7"}
+    for bad in ("craft-vgg16", "craft-vgg16=0", "=4", "minilm=x"):
+        with pytest.raises(SystemExit):
+            max_images(["--ref_max_images", bad])

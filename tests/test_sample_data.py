@@ -118,6 +118,31 @@ def test_main_is_idempotent(tmp_path, capsys):
     assert len(list((out / "tables").glob("*.jpg"))) == 4
 
 
+def test_a_rerun_rewrites_the_empty_files_a_power_loss_can_leave(tmp_path):
+    # the files are written without an fsync each (make_sample syncs once before its manifest):
+    # a power loss before that sync can leave empty files under their real names, and a
+    # temporary file beside them
+    out = tmp_path / "sample"
+    argv = ["--out", str(out), "--n_scenes", "4", "--shards", "1", "--size", "48",
+            "--n_per_type", "0", "--n_charts", "1", "--no_photos"]  # fmt: skip
+    assert make_sample.main(argv) == 0
+    whole = _bytes(out)
+    (out / "manifest.json").unlink()
+    emptied = [out / "synth_00" / "scene_000002.jpg", out / "synth_00" / "scene_000003.json",
+               out / "charts" / "chart_000000.jpg"]  # fmt: skip
+    for f in emptied:
+        f.write_bytes(b"")
+    (out / "synth_00" / ".scene_000001.jpg.tmp").write_bytes(b"partial")
+    assert make_sample.main(argv) == 0
+    again = _bytes(out)
+
+    def files(d: dict[str, bytes]) -> dict[str, bytes]:
+        return {k: v for k, v in d.items() if not k.endswith((".tmp", "manifest.json"))}
+
+    assert files(again) == files(whole) and len(files(whole)) == 15
+    assert all(f.stat().st_size > 0 for f in emptied)
+
+
 def test_scene_labels_carry_their_type_also_in_an_older_sample(tmp_path):
     (img,) = write_scenes(tmp_path / "new", n=1, n_shards=1, size=64)
     fresh = img.with_suffix(".json").read_bytes()

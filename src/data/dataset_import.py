@@ -27,7 +27,13 @@ from typing import Any
 from PIL import Image
 
 from src.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, IMAGE_EXTS, to_rgb, upright
-from src.data.io import MANIFEST_NAME, portable, read_manifest, write_manifest
+from src.data.io import (
+    MANIFEST_NAME,
+    portable,
+    read_manifest,
+    write_manifest,
+    write_unsynced,
+)
 from src.data.paths import import_shard_dir, import_shard_name, imported_files
 from src.errors import InputMissing, UserError
 
@@ -647,10 +653,10 @@ def write_shard(
                 continue
             notes += [f"row {i}: {n}" for n in [*conv.notes, caps.note, caps.error] if n]
             img, txt = imported_files(folder, i)
-            _write_unsynced(img, conv.data)
+            write_unsynced(img, conv.data)
             written.add(img.name)
             if caps.texts:
-                _write_unsynced(txt, ("\n".join(caps.texts) + "\n").encode("utf-8"))
+                write_unsynced(txt, ("\n".join(caps.texts) + "\n").encode("utf-8"))
                 written.add(txt.name)
             n_images += 1
         bar.update(len(block))
@@ -661,7 +667,7 @@ def write_shard(
     for f in folder.iterdir():
         if f.name not in written and (f.suffix in (".jpg", ".txt") or f.name.endswith(".tmp")):
             f.unlink()
-    os.sync()  # every file on disk before the manifest that says they are (see _write_unsynced)
+    os.sync()  # every file on disk before the manifest that says they are (see write_unsynced)
     report = ShardReport(
         name, (start, row), n_images, skipped, notes, end_of_data, seconds=time.perf_counter() - t0
     )
@@ -679,15 +685,6 @@ def write_shard(
         stream_state=cursor.state(),
     )
     return report
-
-
-def _write_unsynced(path: Path, data: bytes) -> None:
-    """Write through a temp name and rename, like atomic_write (a killed run leaves no half
-    file under the real name), but without an fsync per file, which took a fifth of the time per
-    image here; write_shard syncs once before the shard manifest instead."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _convert_block(

@@ -42,6 +42,16 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def write_unsynced(path: Path, data: bytes) -> None:
+    """Write `data` through a temporary name and rename it to `path`, like atomic_write, but
+    without an fsync: for many small files that the caller syncs at once (os.sync()) before the
+    manifest that vouches for them. A killed process leaves no half file under the real name;
+    only a power loss before that sync can leave one empty."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from src.data.io import atomic_write
+from src.data.io import atomic_write, write_unsynced
 
 PHOTO_CAPTIONS = Path(__file__).resolve().parents[2] / "sample" / "photo_captions"
 PHOTO_SHARD = "photos"
@@ -167,11 +167,23 @@ def read_labels(image_path: Path) -> dict | None:
     return labels if data_type_of(labels) == "scene" else None
 
 
+def is_written(path: Path) -> bool:
+    """A sample file is there: a non-empty file (write_if_missing never leaves an empty one but
+    after a power loss before make_sample's sync, which such a run never vouched for)."""
+    return path.is_file() and path.stat().st_size > 0
+
+
 def write_if_missing(path: Path, data: bytes) -> bool:
-    """Write `data` atomically unless `path` exists: the sample is only ever completed."""
-    if path.exists():
+    """Write `data` unless the file is there (is_written): the sample is only ever completed.
+
+    Through a temporary name but without an fsync per file (600 scenes, 1,800 files: 6.5-6.8 s
+    against 7.8-9.0 s with one each); make_sample syncs once before the manifest that says the
+    sample is whole.
+    """
+    if is_written(path):
         return False
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_unsynced(path, data)
     return True
 
 
@@ -214,7 +226,7 @@ def write_scenes(
     workers > 1 renders the missing scenes in that many processes (the same bytes).
     """
     stems = [Path(out_root) / scene_shard(i, n, n_shards) / f"scene_{i:06d}" for i in range(n)]
-    done = [s.with_suffix(".jpg").exists() and s.with_suffix(".json").exists() for s in stems]
+    done = [is_written(s.with_suffix(".jpg")) and is_written(s.with_suffix(".json")) for s in stems]
     for stem in (s for s, d in zip(stems, done, strict=True) if d):
         _add_data_type(stem.with_suffix(".json"), "scene")
     missing = [i for i, d in enumerate(done) if not d]

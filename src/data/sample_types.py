@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from src.data.sample import jpeg_bytes, label_bytes, write_if_missing
+from src.data.sample import is_written, jpeg_bytes, label_bytes, write_if_missing
 
 # Shard folder and file prefix of each type; the salt keeps the types' random streams apart.
 TYPE_SHARDS = {"chart": "charts", "table": "tables", "document": "documents"}
@@ -538,7 +538,7 @@ def write_typed(
         for i in range(n):
             stem = folder / f"{data_type}_{i:06d}"
             img = stem.with_suffix(".jpg")
-            if not (img.exists() and stem.with_suffix(".json").exists()):
+            if not (is_written(img) and is_written(stem.with_suffix(".json"))):
                 item = typed_item(data_type, seed, i)
                 labels = {**item, "size": size}
                 write_if_missing(stem.with_suffix(".txt"), (item["caption"] + "\n").encode())

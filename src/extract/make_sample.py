@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_photos and not counts.get(PHOTO_SHARD):
         print("warning: no offline photo could be loaded", file=sys.stderr)
     if args.out.is_dir():
+        os.sync()  # the files were written without an fsync each (write_if_missing)
         write_manifest(args.out, stage="make_sample", sample=sample_record(args), counts=counts)
     return 0
 
