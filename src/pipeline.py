@@ -47,7 +47,7 @@ from src.extract import cache_activations, extract_clip, extract_knn, extract_ve
 from src.models.reference import preferred_dtype
 from src.models.towers import remember_pooled_features
 from src.plot import attention_maps, embedding_maps, report
-from src.runtime import csv_list, retain_heap_memory
+from src.runtime import csv_list, parse_assignments, retain_heap_memory
 from src.train import export_recon, train_align, train_kernel_align, train_recon, train_sae
 
 Step = tuple[str, Callable[[list[str]], int], list[str]]
@@ -360,13 +360,14 @@ def align_steps(args: argparse.Namespace) -> list[Step]:
 
 def ref_caps(text: str) -> dict[str, int]:
     """'craft-vgg16=100,minilm=50' -> {'craft-vgg16': 100, 'minilm': 50} ('' -> {})."""
-    caps = {}
-    for item in csv_list(text):
-        name, sep, n = item.partition("=")
-        if not sep or not name or not n.isdigit() or int(n) < 1:
-            raise argparse.ArgumentTypeError(f"expected NAME=N with N >= 1, got {item!r}")
-        caps[name] = int(n)
-    return caps
+    try:
+        caps = parse_assignments(csv_list(text), "--ref_max_images")
+    except UserError as e:  # argparse shows an ArgumentTypeError's own message
+        raise argparse.ArgumentTypeError(str(e)) from None
+    for name, n in caps.items():
+        if not n.isdigit() or int(n) < 1:
+            raise argparse.ArgumentTypeError(f"--ref_max_images {name}={n}: N must be >= 1")
+    return {name: int(n) for name, n in caps.items()}
 
 
 def plan(args: argparse.Namespace) -> list[Step]:

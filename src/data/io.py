@@ -47,9 +47,14 @@ def write_unsynced(path: Path, data: bytes) -> None:
     without an fsync: for many small files that the caller syncs at once (os.sync()) before the
     manifest that vouches for them. A killed process leaves no half file under the real name;
     only a power loss before that sync can leave one empty."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _umask() -> int:

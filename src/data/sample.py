@@ -168,8 +168,8 @@ def read_labels(image_path: Path) -> dict | None:
 
 
 def is_written(path: Path) -> bool:
-    """A sample file is there: a non-empty file (write_if_missing never leaves an empty one but
-    after a power loss before make_sample's sync, which such a run never vouched for)."""
+    """The file is there and not empty. An empty one can only be left by a power loss before
+    make_sample's sync (write_if_missing), in a run whose manifest was never written."""
     return path.is_file() and path.stat().st_size > 0
 
 
@@ -182,7 +182,6 @@ def write_if_missing(path: Path, data: bytes) -> bool:
     """
     if is_written(path):
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_unsynced(path, data)
     return True
 
