@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
+from src.metrics import neighbors
 from src.metrics.neighbors import (
     distance_correlation,
     knn,
@@ -80,7 +81,10 @@ def duplicated(n_base: int = 30, copies: int = 4, d: int = 6, seed: int = 0) -> 
 @pytest.mark.parametrize("metric", ["cos", "l2"])
 @pytest.mark.parametrize("symmetric", [False, True, None])
 @pytest.mark.parametrize("block_size", [1, 7, 64, 500, None])
-def test_knn_matches_reference(metric, symmetric, block_size):
+@pytest.mark.parametrize("gemm_columns", [7, 512], ids=["chunked_gemm", "one_gemm"])
+def test_knn_matches_reference(metric, symmetric, block_size, gemm_columns, monkeypatch):
+    # gemm_columns 7: each CPU GEMM in column chunks of 7, the last one shorter (120 = 17 x 7 + 1)
+    monkeypatch.setattr(neighbors, "_GEMM_COLUMNS", gemm_columns)
     x = torch.randn(120, 16, generator=torch.Generator().manual_seed(1))
     d, i = knn(x, 10, metric=metric, block_size=block_size, symmetric=symmetric)
     rd, ri = ref_knn(x, 10, metric)

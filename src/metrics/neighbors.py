@@ -198,12 +198,41 @@ def _scores(q: Tensor, x: Tensor, neg_x_sq: Tensor | None, out: Tensor) -> Tenso
 
     q: (b, D), x: (m, D), neg_x_sq: -|x_j|^2 (m,) for l2, None for cos (rows already unit);
     out: contiguous (b, m). cos: <q_i, x_j>; l2: 2 <q_i, x_j> - |x_j|^2, which differs from
-    -|q_i - x_j|^2 by a constant per row. One GEMM (the l2 bias folded in), no other pass: the
-    row-block search ranks scores and turns only its k + 1 candidates into distances.
+    -|q_i - x_j|^2 by a constant per row. The GEMM alone (_gemm_nt, the l2 bias folded in), no
+    other pass: the row-block search ranks scores and turns only its k + 1 candidates into
+    distances.
     """
-    if neg_x_sq is None:
-        return torch.mm(q, x.T, out=out)
-    return torch.addmm(neg_x_sq.unsqueeze(0), q, x.T, alpha=2.0, out=out)
+    return _gemm_nt(q, x, out) if neg_x_sq is None else _gemm_nt(q, x, out, neg_x_sq, 2.0, 1.0)
+
+
+# Columns per GEMM on CPU. MKL's sgemm runs 10-25% faster on (b, 512) outputs than on (b, 4096)
+# or wider ones (measured on a 2-core AMD EPYC, D = 1,024: the whole N = 20k search 15% faster
+# at 512 than at 4096, identical results): x's chunk stays in cache while it is packed and used.
+_GEMM_COLUMNS = 512
+
+
+def _gemm_nt(
+    q: Tensor,
+    x: Tensor,
+    out: Tensor,
+    bias: Tensor | None = None,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+) -> Tensor:
+    """out = alpha q x^T (+ beta bias_j on every row): q (b, D), x (m, D), bias (m,), out (b, m).
+
+    On CPU in column chunks of _GEMM_COLUMNS, elsewhere one GEMM. (Like any blocking, the
+    chunking may round an entry differently from another BLAS call's; see the module docstring.)
+    """
+    step = _GEMM_COLUMNS if x.device.type == "cpu" else max(x.shape[0], 1)
+    for c0 in range(0, x.shape[0], step):
+        c1 = min(c0 + step, x.shape[0])
+        if bias is None:
+            torch.mm(q, x[c0:c1].T, out=out[:, c0:c1])
+        else:
+            torch.addmm(bias[c0:c1].unsqueeze(0), q, x[c0:c1].T, alpha=alpha, beta=beta,
+                        out=out[:, c0:c1])  # fmt: skip
+    return out
 
 
 def _to_distance(scores: Tensor, q_sq: Tensor | None) -> Tensor:
@@ -234,7 +263,6 @@ def _apply_duplicates(
     return scores
 
 
-_GEMM_COLUMNS = 4096  # columns per GEMM of a symmetric slab
 _MERGE_ROWS = 4096  # earlier rows per candidate merge of a symmetric slab
 SLAB_ELEMENTS = 2**25  # the default block: block x N distances within 128 MB of float32
 
@@ -253,14 +281,10 @@ def _symmetric_scores(
     <q_i, x_j> (cos, rows unit) or 2 <q_i, x_j> - |q_i|^2 - |x_j|^2 = -|q_i - x_j|^2 (l2).
     (b, m) into out. _symmetric_to_distance turns them into distances.
     """
-    # Column chunks: one GEMM over all of x would pack x^T whole (tens of MB at N = 20k).
-    for c0 in range(0, x.shape[0], _GEMM_COLUMNS):
-        c1 = min(c0 + _GEMM_COLUMNS, x.shape[0])
-        if x_sq is None:
-            torch.mm(q, x[c0:c1].T, out=out[:, c0:c1])
-        else:
-            torch.addmm(x_sq[c0:c1].unsqueeze(0), q, x[c0:c1].T, alpha=2.0, beta=-1.0,
-                        out=out[:, c0:c1])  # fmt: skip
+    if x_sq is None:
+        _gemm_nt(q, x, out)
+    else:
+        _gemm_nt(q, x, out, x_sq, 2.0, -1.0)
     return out if q_sq is None else out.sub_(q_sq.unsqueeze(1))
 
 
@@ -437,10 +461,12 @@ def _merge_column_candidates(
     place for rows c0:c1.
     """
     thr = vals[c0:c1].amin(dim=1)
-    mask_t = (d[:, c0:c1] > thr).T.contiguous()  # (c, b): nonzero comes out grouped by row c
-    cols, rows = sparse_nonzero(mask_t)
+    rows, cols = sparse_nonzero(d[:, c0:c1] > thr)
     if cols.numel() == 0:
         return
+    # Group the entries by row c: a sort of the few entries, not a transpose of the (b, c) mask.
+    cols, order = cols.sort(stable=True)
+    rows = rows[order]
     cand_v = d[rows, cols + c0]
     counts = torch.bincount(cols, minlength=c1 - c0)
     width = int(counts.max())
