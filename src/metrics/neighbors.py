@@ -205,9 +205,10 @@ def _scores(q: Tensor, x: Tensor, neg_x_sq: Tensor | None, out: Tensor) -> Tenso
     return _gemm_nt(q, x, out) if neg_x_sq is None else _gemm_nt(q, x, out, neg_x_sq, 2.0, 1.0)
 
 
-# Columns per GEMM on CPU. MKL's sgemm runs 10-25% faster on (b, 512) outputs than on (b, 4096)
-# or wider ones (measured on a 2-core AMD EPYC, D = 1,024: the whole N = 20k search 15% faster
-# at 512 than at 4096, identical results): x's chunk stays in cache while it is packed and used.
+# Columns per GEMM on CPU. MKL's sgemm ran 10-25% faster on (b, 512) outputs than on (b, 4096)
+# or wider ones (2-core AMD EPYC, D = 1,024; the whole N = 20k search 15% faster at 512 than at
+# 4096, same neighbours). Likely why, not profiled: a 512-row chunk of x (2 MB) stays in cache
+# while the GEMM packs and uses it.
 _GEMM_COLUMNS = 512
 
 
