@@ -206,8 +206,8 @@ def _scores(q: Tensor, x: Tensor, neg_x_sq: Tensor | None, out: Tensor) -> Tenso
 
 
 # Columns per GEMM on CPU. MKL's sgemm ran 10-25% faster on (b, 512) outputs than on (b, 4096)
-# or wider ones (2-core AMD EPYC, D = 1,024; the whole N = 20k search 15% faster at 512 than at
-# 4096, same neighbours). Likely why, not profiled: a 512-row chunk of x (2 MB) stays in cache
+# or wider ones (2-core AMD EPYC, D = 1,024; the whole N = 20k search 8-15% faster at 512 than
+# at 4096, same neighbours). Likely why, not profiled: a 512-row chunk of x (2 MB) stays in cache
 # while the GEMM packs and uses it.
 _GEMM_COLUMNS = 512
 
@@ -283,10 +283,8 @@ def _symmetric_scores(
     (b, m) into out. _symmetric_to_distance turns them into distances.
     """
     if x_sq is None:
-        _gemm_nt(q, x, out)
-    else:
-        _gemm_nt(q, x, out, x_sq, 2.0, -1.0)
-    return out if q_sq is None else out.sub_(q_sq.unsqueeze(1))
+        return _gemm_nt(q, x, out)
+    return _gemm_nt(q, x, out, x_sq, 2.0, -1.0).sub_(q_sq.unsqueeze(1))
 
 
 def _symmetric_to_distance(scores: Tensor, l2: bool) -> Tensor:
