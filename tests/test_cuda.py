@@ -1,6 +1,7 @@
 """CUDA paths of the stages that a cluster runs on GPUs, against the same run on CPU: tiny
 random models of every VLM family through extract_vectors (fp32 and bf16) and their captions
-through eval_captions. Skipped without a GPU (CI has none); run on a GPU machine."""
+through eval_captions; the batched permutation nulls. Skipped without a GPU (CI has none);
+run on a GPU machine."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from src.data.vectors import iter_chunks
 from src.eval import eval_captions
 from src.extract import extract_vectors
+from src.metrics.similarity import _linear_tests, rbf_cka_permutation_test
 from tests.conftest import write_noise_images
 from tests.tiny_vlms import BUILDERS
 
@@ -71,3 +73,21 @@ def test_cuda_captions_match_cpu(family):
         tables[device] = pd.read_csv(out / "s0.csv", keep_default_na=False)
     # Greedy decoding of the same stored E_post: the same captions on either device.
     assert tables["cuda"].caption_post.tolist() == tables["cpu"].caption_post.tolist()
+
+
+@pytest.mark.parametrize("gram", [True, False])
+def test_cuda_permutation_nulls_match_cpu(gram):
+    # Off CPU the nulls run their permutations in batches (whole-matrix Gram gathers, one GEMM
+    # per batch in feature space) instead of CPU's one at a time in cache-sized blocks.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 40, dtype=torch.float64, generator=g)
+    y = x[:, :8] @ torch.randn(8, 30, dtype=torch.float64, generator=g)
+    y = y + torch.randn(300, 30, dtype=torch.float64, generator=g)
+    cpu = _linear_tests(x, y, (False, True), 50, 1, torch.float64, gram=gram)
+    gpu = _linear_tests(x.cuda(), y.cuda(), (False, True), 50, 1, torch.float64, gram=gram)
+    for a, b in zip(cpu, gpu, strict=True):
+        assert b.observed == pytest.approx(a.observed, rel=1e-10)
+        torch.testing.assert_close(b.null, a.null, rtol=0, atol=1e-6)  # float32 Gram form
+    rbf_cpu = rbf_cka_permutation_test(x, y, n_perm=50)
+    rbf_gpu = rbf_cka_permutation_test(x.cuda(), y.cuda(), n_perm=50)
+    torch.testing.assert_close(rbf_gpu.null, rbf_cpu.null, rtol=0, atol=1e-6)

@@ -283,8 +283,9 @@ def test_joint_frobenius_equals_three_full_products(dx, dy, block):
         assert float(got) == pytest.approx(float(ref.square().sum()), rel=1e-12)
 
 
-def test_mirrored_gram_and_permuted_gram_product_equal_plain_references():
-    from src.metrics.similarity import _gram_null_cross, _sym_gram
+@pytest.mark.parametrize("block", [1, 5, 36, 37, 64])
+def test_mirrored_gram_and_permuted_gram_products_equal_plain_references(block):
+    from src.metrics.similarity import _gram_null_batched, _gram_null_blocked, _sym_gram
 
     g = torch.Generator().manual_seed(5)
     a = torch.randn(37, 6, dtype=torch.float64, generator=g)
@@ -292,8 +293,38 @@ def test_mirrored_gram_and_permuted_gram_product_equal_plain_references():
     k, l = _sym_gram(a, block=8), _sym_gram(b, block=5)  # noqa: E741
     torch.testing.assert_close(k, a @ a.T, rtol=1e-13, atol=1e-13)
     assert torch.equal(k, k.T)  # mirrored, so exactly symmetric
-    perms = [torch.randperm(37, generator=g) for _ in range(4)]
+    perms = [torch.randperm(37, generator=g) for _ in range(5)]
     ref = torch.stack([(k * l[p][:, p]).sum() for p in perms])
-    got = _gram_null_cross(k, l, iter(perms))  # in float32: 1e-6 of the CKA denominator
     scale = float((k.square().sum() * l.square().sum()).sqrt())
+    # in float32: 1e-6 of the CKA denominator. Row blocks of the upper triangle (CPU): one
+    # row, blocks that do not divide 37, the whole matrix in one and in a larger block
+    got = _gram_null_blocked(k.float(), l.float(), perms, block)
+    assert got.dtype == torch.float64 and got.shape == (5,)
     assert float((got - ref).abs().max()) <= 1e-6 * scale
+    # whole matrices for batches of permutations (GPUs): 2 + 2 + 1, and all 5 at once
+    for size in (2, 5):
+        batches = [torch.stack(perms[i : i + size]) for i in range(0, 5, size)]
+        got = _gram_null_batched(k.float(), l.float(), batches)
+        assert got.dtype == torch.float64 and got.shape == (5,)
+        assert float((got - ref).abs().max()) <= 1e-6 * scale
+
+
+@pytest.mark.parametrize("batch", [2, 7])
+def test_linear_nulls_in_batches_of_permutations_equal_one_at_a_time(monkeypatch, batch):
+    # Off CPU the permutations go through each null's steps in batches (_perm_batches); run
+    # that path here, in batches that do not divide n_perm, against the per-permutation one.
+    from src.metrics import similarity
+
+    x, y = data(n=30, seed=12)
+    one_at_a_time = similarity._linear_tests(x, y, (False, True), 11, 3, torch.float64, gram=False)
+
+    def batches(perms, bytes_each, device):
+        perms = list(perms)
+        for i in range(0, len(perms), batch):
+            yield torch.stack(perms[i : i + batch]).to(device)
+
+    monkeypatch.setattr(similarity, "_perm_batches", batches)
+    batched = similarity._linear_tests(x, y, (False, True), 11, 3, torch.float64, gram=False)
+    for a, b in zip(one_at_a_time, batched, strict=True):
+        torch.testing.assert_close(a.null, b.null, rtol=1e-12, atol=0)
+        assert a.p_value == b.p_value

@@ -24,7 +24,8 @@ Computation is float64 by default (dtype=...), on x's device.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -288,12 +289,13 @@ def linear_cka(
 
 # Above this many bytes for the two N x N Gram matrices the null stays in feature space.
 GRAM_NULL_MAX_BYTES = 2 * 2**30
-# A permuted Gram inner product costs N^2 gathered multiply-adds (two gathers and a dot,
-# memory-bound); a permuted cross product N Dx Dy multiply-adds at GEMM speed. One of the former
-# costs about this many of the latter (2 CPU cores, bench/bench_nulls.py: 94 at N = 2011,
-# Dx = 1280, Dy = 576, 10 ms against 39 ms per permutation; 60 at N = 10,000, Dx = Dy = 1024,
-# 195 ms against 341 ms, where 100 had picked the feature form, 1.5x slower over 200).
-GATHER_COST = 75.0
+# A permuted Gram inner product costs N^2 multiply-adds bound by the gathers (half of them
+# gathered, _gram_null_blocked); a permuted cross product N Dx Dy multiply-adds at GEMM speed.
+# One of the former costs about this many of the latter (2 CPU threads, AMD Zen 4,
+# bench/bench_nulls.py and separate processes per form: 25-34 at N = 2011, Dx = 1280,
+# Dy = 576, 3.0-3.6 ms against 39-44 ms per permutation; 17-30 at N = 10,000,
+# Dx = Dy = 1024, 57-92 ms against 301-341 ms. It was 75 before the cache-sized blocks.)
+GATHER_COST = 30.0
 
 
 def _use_gram_null(n: int, dx: int, dy: int, n_perm: int) -> bool:
@@ -306,29 +308,99 @@ def _use_gram_null(n: int, dx: int, dy: int, n_perm: int) -> bool:
     return gram < n_perm * n * dx * dy
 
 
-def _gram_null_cross(kc: Tensor, lc: Tensor, perms: Iterator[Tensor]) -> Tensor:
-    """<kc, lc[p][:, p]>_F for each permutation p: (n, n), (n, n) -> (n_perm,) float64.
+# Bytes of gathered copies per batch of permutations off CPU (_perm_batches): each step of a
+# null runs once per batch, not once per permutation (fewer kernel launches on a GPU).
+NULL_BATCH_BYTES = 2**30
 
-    = ||Y_c^T P X_c||_F^2 when kc = X_c X_c^T, lc = Y_c Y_c^T. Two gathers into reused
-    buffers (rows by index_select, then columns within each row by gather with p broadcast
-    over the rows: 4.6 against 6.5 ms for index_select along dim 1 at n = 2161) and one dot:
-    O(n^2) per permutation, no n x n temporaries allocated per permutation. (A cache-blocked
-    variant, 128 gathered rows at a time, was 6x slower in CPU time at n = 2011: index_select
-    along dim 1 of a small block does not vectorise.)
+
+def _perm_batches(
+    perms: Iterable[Tensor], bytes_each: int, device: torch.device
+) -> Iterator[Tensor]:
+    """The permutations (n,) as (B, n) index tensors on device: one at a time on CPU, elsewhere
+    as many as fit in NULL_BATCH_BYTES when each needs bytes_each of gathered copies."""
+    size = 1 if device.type == "cpu" else max(1, NULL_BATCH_BYTES // max(bytes_each, 1))
+    it = iter(perms)
+    while chunk := list(itertools.islice(it, size)):
+        yield torch.stack(chunk).to(device)
+
+
+# Elements per gathered row block of the Gram null on CPU (_gram_null_blocked): 2 MB of float32,
+# at least 64 rows. At N = 10k (2 threads, AMD Zen 4) 32-96 rows were within 10% of each other
+# and 128 rows 25% slower; at N = 2011, 256 rows (this rule's 260) were the fastest of 64-512.
+GRAM_NULL_BLOCK_ELEMENTS = 2**19
+
+
+def _gram_null_cross(kc: Tensor, lc: Tensor, perms: Iterable[Tensor]) -> Tensor:
+    """<kc, lc[p][:, p]>_F for each permutation p: (n, n), (n, n) symmetric -> (n_perm,) float64.
+
+    = ||Y_c^T P X_c||_F^2 when kc = X_c X_c^T, lc = Y_c Y_c^T. On CPU in cache-sized row
+    blocks over the upper block triangle (_gram_null_blocked), elsewhere whole matrices for a
+    batch of permutations at a time (_gram_null_batched).
     """
     # In float32: half the memory traffic of float64, and twice the speed of the gathers. Each
-    # value is a sum of n^2 products whose rounding error, relative to sqrt(<kc, kc> <lc, lc>)
-    # (the CKA denominator), is about 1e-7 / n: far below the spread of any null.
+    # value is a sum of n^2 products, accumulated in float32 along rows (CPU) or in a float32
+    # GEMV (elsewhere): its rounding error relative to sqrt(<kc, kc> <lc, lc>) (the CKA
+    # denominator) is about 1e-7, far below the spread of any null.
     kc, lc = kc.float(), lc.float()
-    rows, both = torch.empty_like(lc), torch.empty_like(lc)
-    flat_k = kc.reshape(-1)
+    n = kc.shape[0]
+    if lc.device.type == "cpu":
+        block = min(n, max(64, GRAM_NULL_BLOCK_ELEMENTS // n))
+        return _gram_null_blocked(kc, lc, perms, block)
+    return _gram_null_batched(kc, lc, _perm_batches(perms, 8 * n * n, lc.device))
+
+
+def _gram_null_blocked(kc: Tensor, lc: Tensor, perms: Iterable[Tensor], block: int) -> Tensor:
+    """_gram_null_cross one permutation at a time, in row blocks of the upper block triangle.
+
+    Both matrices are symmetric, so only the upper block triangle of kc is read: for the row
+    block [i, e), rows p[i:e] of lc are gathered (index_select), then their columns p[i:]
+    (gather, p[i:] broadcast over the rows), and each row is dotted with kc[i:e, i:]; the
+    diagonal block counts once, the blocks right of it twice. Half the gathers of the whole
+    matrix, into buffers that stay in cache: per permutation 2.1-3.0x faster at N = 10k and
+    1.6x at N = 2011 than gathering the whole matrix at once (2 CPU threads); and summed row by
+    row, 1e-9 to 1e-11 of the CKA denominator off the float64 value against 1e-6 to 1e-7 for
+    one float32 dot of all n^2 products.
+    """
+    n = kc.shape[0]
+    rows = torch.empty(block, n, dtype=lc.dtype, device=lc.device)
+    both = torch.empty(block * n, dtype=lc.dtype, device=lc.device)
     out = []
     for p in perms:
         p = p.to(lc.device)
-        torch.index_select(lc, 0, p, out=rows)
-        torch.gather(rows, 1, p.expand_as(rows), out=both)
-        out.append(torch.dot(flat_k, both.view(-1)))
-    return torch.stack(out).double().cpu()
+        total = torch.zeros((), dtype=torch.float64, device=lc.device)
+        for i in range(0, n, block):
+            e = min(i + block, n)
+            w, m = e - i, n - i
+            torch.index_select(lc, 0, p[i:e], out=rows[:w])
+            g = torch.gather(rows[:w], 1, p[i:].expand(w, m), out=both[: w * m].view(w, m))
+            k = kc[i:e, i:]
+            total += torch.linalg.vecdot(k[:, :w], g[:, :w]).sum(dtype=torch.float64)
+            if m > w:
+                total += 2 * torch.linalg.vecdot(k[:, w:], g[:, w:]).sum(dtype=torch.float64)
+        out.append(total)
+    return torch.stack(out).cpu()
+
+
+def _gram_null_batched(kc: Tensor, lc: Tensor, batches: Iterable[Tensor]) -> Tensor:
+    """_gram_null_cross for batches of permutations (B, n): rows, then columns, of lc gathered
+    for the whole batch, then one GEMV against kc (three kernels per batch)."""
+    n = kc.shape[0]
+    flat_k = kc.reshape(-1)
+    out = []
+    for p in batches:
+        rows = lc[p]  # (B, n, n): rows p_b of lc
+        both = torch.gather(rows, 2, p.unsqueeze(1).expand(-1, n, -1))
+        out.append(torch.mv(both.view(p.shape[0], -1), flat_k))
+    return torch.cat(out).double().cpu()
+
+
+def _feature_null_cross(xc: Tensor, yc: Tensor, perms: Iterable[Tensor]) -> Tensor:
+    """||Y_c^T P X_c||_F^2 for each permutation p: (n, dx), (n, dy) -> (n_perm,) float64, in
+    xc's dtype; off CPU a batch of permutations per GEMM."""
+    n, dx, dy = xc.shape[0], xc.shape[1], yc.shape[1]
+    batches = _perm_batches(perms, (n + dx) * dy * xc.element_size(), xc.device)
+    cross = [torch.matmul(yc[p].transpose(1, 2), xc).square().sum((1, 2)) for p in batches]
+    return torch.cat(cross).double().cpu()
 
 
 def _sym_gram(a: Tensor, block: int = 1024) -> Tensor:
@@ -360,9 +432,8 @@ def _linear_null_cross(
     if gram is None:
         gram = _use_gram_null(n, dx, dy, n_perm)
     if gram:  # float32 Gram matrices: _gram_null_cross works in float32
-        return _gram_null_cross(_sym_gram(xc.float()), _sym_gram(yc.float()), iter(perms)), perms
-    cross = torch.stack([(yc[p.to(xc.device)].T @ xc).square().sum() for p in perms])
-    return cross.double().cpu(), perms
+        return _gram_null_cross(_sym_gram(xc.float()), _sym_gram(yc.float()), perms), perms
+    return _feature_null_cross(xc, yc, perms), perms
 
 
 def _linear_tests(
@@ -387,7 +458,8 @@ def _linear_tests(
         if unbiased:
             # the unbiased HSIC from the same cross term: only a . b changes with p
             a, b = t.a, t.b
-            ab = torch.stack([a @ b[p.to(b.device)] for p in perms]).double().cpu()
+            batches = _perm_batches(perms, n * b.element_size(), b.device)
+            ab = torch.cat([b[p] @ a for p in batches]).double().cpu()
             h = _hsic_from_sums(cross, n, ab, a.sum().double().cpu(), b.sum().double().cpu())
         else:
             h = _hsic_from_sums(cross, n, None, None, None)
