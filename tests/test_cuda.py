@@ -88,6 +88,7 @@ def test_cuda_permutation_nulls_match_cpu(gram):
     for a, b in zip(cpu, gpu, strict=True):
         assert b.observed == pytest.approx(a.observed, rel=1e-10)
         torch.testing.assert_close(b.null, a.null, rtol=0, atol=1e-6)  # float32 Gram form
-    rbf_cpu = rbf_cka_permutation_test(x, y, n_perm=50)
-    rbf_gpu = rbf_cka_permutation_test(x.cuda(), y.cuda(), n_perm=50)
-    torch.testing.assert_close(rbf_gpu.null, rbf_cpu.null, rtol=0, atol=1e-6)
+    for unbiased in (False, True):
+        rbf_cpu = rbf_cka_permutation_test(x, y, unbiased=unbiased, n_perm=50)
+        rbf_gpu = rbf_cka_permutation_test(x.cuda(), y.cuda(), unbiased=unbiased, n_perm=50)
+        torch.testing.assert_close(rbf_gpu.null, rbf_cpu.null, rtol=0, atol=1e-6)

@@ -228,9 +228,23 @@ def test_rbf_null_reuses_grams_and_matches_generic(unbiased):
     # the RBF null draws its permutations with seed + 1 (seed is for the subsample)
     slow = permutation_test(lambda a, b: rbf_cka(a, b, unbiased=unbiased), x, y, n_perm=30, seed=1)
     assert fast.observed == pytest.approx(slow.observed, rel=1e-12)
-    # the biased null's permuted products run in float32 (_gram_null_cross): 1e-6 in CKA
-    atol = 1e-12 if unbiased else 1e-6
-    torch.testing.assert_close(fast.null, slow.null, rtol=0, atol=atol)
+    # the permuted products run in float32 (_gram_null_cross): 1e-6 in CKA
+    torch.testing.assert_close(fast.null, slow.null, rtol=0, atol=1e-6)
+    assert fast.p_value == slow.p_value
+
+
+def test_unbiased_hsic_ignores_a_constant_off_the_diagonal():
+    # what the unbiased RBF null's shift (_off_diagonal_sum_zero) relies on
+    from src.metrics.similarity import _gram_hsic_unbiased, _off_diagonal_sum_zero, _zero_diag
+
+    x, y = data(n=25, seed=13)
+    kt, lt = _zero_diag(rbf_gram(x)), _zero_diag(rbf_gram(y))
+    ks = _off_diagonal_sum_zero(kt)
+    assert float(ks.sum()) == pytest.approx(0.0, abs=1e-12)
+    assert torch.equal(ks.diagonal(), torch.zeros(25, dtype=ks.dtype))
+    h = float(_gram_hsic_unbiased(kt, lt))
+    assert float(_gram_hsic_unbiased(ks, lt)) == pytest.approx(h, rel=1e-10)
+    assert float(_gram_hsic_unbiased(ks, _off_diagonal_sum_zero(lt))) == pytest.approx(h, rel=1e-10)
 
 
 # ---------------------------------------------------------------------------------------------
