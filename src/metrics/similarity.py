@@ -403,6 +403,12 @@ def _feature_null_cross(xc: Tensor, yc: Tensor, perms: Iterable[Tensor]) -> Tens
     return torch.cat(cross).double().cpu()
 
 
+def _permuted_dots(a: Tensor, b: Tensor, perms: Iterable[Tensor]) -> Tensor:
+    """a . b[p] for each permutation p: (n,), (n,) -> (n_perm,) float64."""
+    batches = _perm_batches(perms, a.shape[0] * b.element_size(), b.device)
+    return torch.cat([b[p] @ a for p in batches]).double().cpu()
+
+
 def _sym_gram(a: Tensor, block: int = 1024) -> Tensor:
     """a a^T (n, n) for a (n, d) from its upper block triangle, mirrored: half the GEMM flops
     of a @ a.T, and exactly symmetric."""
@@ -458,8 +464,7 @@ def _linear_tests(
         if unbiased:
             # the unbiased HSIC from the same cross term: only a . b changes with p
             a, b = t.a, t.b
-            batches = _perm_batches(perms, n * b.element_size(), b.device)
-            ab = torch.cat([b[p] @ a for p in batches]).double().cpu()
+            ab = _permuted_dots(a, b, perms)
             h = _hsic_from_sums(cross, n, ab, a.sum().double().cpu(), b.sum().double().cpu())
         else:
             h = _hsic_from_sums(cross, n, None, None, None)
@@ -647,14 +652,13 @@ def rbf_cka_permutation_test(
         # The unbiased HSIC does not change when a constant is added to every off-diagonal
         # entry of K~ (or L~). Shifted so that its entries sum to 0 (ks, ls), it is
         # [<ks, P ls P^T> - 2/(n-2) (ks 1) . P (ls 1)] / (n (n-3)): one permuted Gram product,
-        # as the biased null's, and an O(n) term. Centred first, the float32 product has no
+        # as the biased null's, and an O(n) term. Shifted first, the float32 product has no
         # large mean to cancel.
         ks, ls = _off_diagonal_sum_zero(kt), _off_diagonal_sum_zero(lt)
         perms = list(_permutations(n, n_perm, seed + 1))
         cross = _gram_null_cross(ks, ls, perms)
-        rk, rl = ks.sum(dim=0), ls.sum(dim=0)
-        kl = torch.cat([rl[p] @ rk for p in _perm_batches(perms, n * 8, rl.device)])
-        h = (cross - 2.0 / (n - 2) * kl.double().cpu()) / (n * (n - 3))
+        kl = _permuted_dots(ks.sum(dim=0), ls.sum(dim=0), perms)
+        h = (cross - 2.0 / (n - 2) * kl) / (n * (n - 3))
         null = torch.tensor([_ratio(v, hxx, hyy) for v in h], dtype=torch.float64)
         return PermutationTest(observed, null, permutation_pvalue(observed, null))
     kc, lc = center_gram(k), center_gram(l)
