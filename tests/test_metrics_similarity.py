@@ -283,18 +283,54 @@ def test_bad_inputs_give_clear_errors():
 
 
 @pytest.mark.parametrize("dx, dy, block", [(7, 5, 3), (40, 17, 512), (33, 64, 16), (1, 1, 4)])
-def test_joint_frobenius_equals_three_full_products(dx, dy, block):
-    from src.metrics.similarity import _centred_joint, _joint_frobenius
+def test_joint_frobenius_equals_three_full_products(dx, dy, block, monkeypatch):
+    import src.metrics.similarity as sim
 
     g = torch.Generator().manual_seed(dx * 100 + dy)
     x = torch.randn(23, dx, generator=g) * 3 + 1  # float32 in: centred and cast in one pass
     y = torch.randn(23, dy, dtype=torch.float64, generator=g)
-    z = _centred_joint(x, y, torch.float64)
+    z = sim._centred_joint(x, y, torch.float64)
     xc, yc = x.double() - x.double().mean(0), y - y.mean(0)
     torch.testing.assert_close(z, torch.cat([xc, yc], 1), rtol=0, atol=1e-14)
-    sxx, sxy, syy = _joint_frobenius(z, dx, block)
-    for got, ref in ((sxx, xc.T @ xc), (sxy, yc.T @ xc), (syy, yc.T @ yc)):
-        assert float(got) == pytest.approx(float(ref.square().sum()), rel=1e-12)
+    refs = [(xc.T @ xc).square().sum(), (yc.T @ xc).square().sum(), (yc.T @ yc).square().sum()]
+    syrk = sim._joint_frobenius(z, dx, block)  # CPU: one BLAS syrk
+    monkeypatch.setattr(sim, "_upper_gram", lambda z, block: sim._upper_gram_blocked(z, block))
+    blocked = sim._joint_frobenius(z, dx, block)  # the GPU path's column blocks
+    for got in (syrk, blocked):
+        for value, ref in zip(got, refs, strict=True):
+            assert float(value) == pytest.approx(float(ref), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["c", "fortran", "strided"])
+def test_upper_gram_is_the_upper_triangle_of_the_full_product(dtype, layout):
+    from src.metrics.similarity import _upper_gram_blocked, _upper_gram_syrk
+
+    base = torch.randn(31, 26, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    z = {"c": base[:, :13], "fortran": base.T.contiguous().T[:, :13], "strided": base[::2, ::2]}
+    z = z[layout]
+    ref = torch.triu(z.double().T @ z.double())
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 0}
+    for got in (_upper_gram_syrk(z), _upper_gram_blocked(z, 4)):
+        assert got.dtype == dtype and got.shape == (13, 13)
+        assert torch.equal(got.tril(-1), torch.zeros_like(got))  # nothing below the diagonal
+        torch.testing.assert_close(got.double(), ref, **tol)
+
+
+def test_upper_gram_syrk_runs_on_torchs_thread_count(monkeypatch):
+    import src.metrics.similarity as sim
+
+    seen = []
+    real = sim._blas().limit
+
+    def limit(**kw):
+        seen.append(kw)
+        return real(**kw)
+
+    monkeypatch.setattr(sim._blas(), "limit", limit)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    sim._upper_gram_syrk(torch.randn(8, 3, dtype=torch.float64))
+    assert seen == [{"limits": 1, "user_api": "blas"}]
 
 
 @pytest.mark.parametrize("block", [1, 5, 36, 37, 64])
