@@ -282,6 +282,7 @@ def test_bad_inputs_give_clear_errors():
 # ---------------------------------------------------------------------------------------------
 
 
+# N = 23 rows: Dx + Dy = 12 and 2 take the D x D product, 57 and 97 the two N x N Gram matrices
 @pytest.mark.parametrize("dx, dy, block", [(7, 5, 3), (40, 17, 512), (33, 64, 16), (1, 1, 4)])
 def test_joint_frobenius_equals_three_full_products(dx, dy, block, monkeypatch):
     import src.metrics.similarity as sim

@@ -5,9 +5,10 @@ HSIC(y, y)) with either HSIC estimator (name the one you report):
 
 - biased (Gretton et al. 2005): tr(K H L H) / (n-1)^2, H = I - 11^T/n. For linear kernels
   K = X X^T this is ||Y_c^T X_c||_F^2 / (n-1)^2 with X_c, Y_c column-centred, computed in
-  feature space: O(N (Dx + Dy)^2) time (the self terms X_c^T X_c use only their upper block
-  triangle, half the flops), O(Dx Dy) extra memory, never an N x N Gram matrix. Biased
-  CKA of independent data sits far above 0 when N is small relative to D.
+  feature space: O(N (Dx + Dy)^2) time (the upper triangle of one symmetric product, half the
+  flops), O((Dx + Dy)^2) extra memory; when N < Dx + Dy from the two N x N Gram matrices
+  instead, the smaller product (_joint_frobenius). Biased CKA of independent data sits far
+  above 0 when N is small relative to D.
 - unbiased (Song et al. 2012), with K~, L~ = K, L with the diagonal set to 0:
   [tr(K~ L~) + 1^T K~ 1 1^T L~ 1 / ((n-1)(n-2)) - 2/(n-2) 1^T K~ L~ 1] / (n(n-3)).
   It is invariant to translating x or y, so centre first; then for linear kernels, with
@@ -143,9 +144,9 @@ def _symmetric_sq(upper: Tensor) -> Tensor:
     return 2.0 * upper.square().sum() - upper.diagonal().square().sum()
 
 
-def _gram_frobenius_sq(xc: Tensor) -> Tensor:
-    """||xc^T xc||_F^2 for xc (N, D), from the upper triangle of xc^T xc (_upper_gram)."""
-    return _symmetric_sq(_upper_gram(xc))
+def _symmetric_dot(upper_a: Tensor, upper_b: Tensor) -> Tensor:
+    """<A, B>_F of two symmetric matrices given by their upper triangles: (n, n) x 2 -> ()."""
+    return 2.0 * (upper_a * upper_b).sum() - upper_a.diagonal() @ upper_b.diagonal()
 
 
 def _centred_joint(x: Tensor, y: Tensor, dtype: torch.dtype) -> Tensor:
@@ -163,10 +164,18 @@ def _centred_joint(x: Tensor, y: Tensor, dtype: torch.dtype) -> Tensor:
 def _joint_frobenius(z: Tensor, dx: int, block: int = JOINT_BLOCK) -> tuple[Tensor, Tensor, Tensor]:
     """(||X_c^T X_c||_F^2, ||Y_c^T X_c||_F^2, ||Y_c^T Y_c||_F^2) from Z = [X_c Y_c] (N, Dx + Dy).
 
-    The upper triangle of Z^T Z (_upper_gram) holds all three: its two diagonal blocks are the
-    self products' upper triangles, its top-right block the cross product. The flops of a cross
-    product plus two half self products, in one syrk on CPU.
+    Per case, from the smaller of two symmetric products (_upper_gram, half of each):
+    - N >= Dx + Dy: the upper triangle of Z^T Z, whose two diagonal blocks are the self
+      products' upper triangles and whose top-right block is the cross product: N (Dx + Dy)^2 / 2
+      multiply-adds, in one syrk on CPU;
+    - N < Dx + Dy (few images of wide features, as in a bootstrap over a held-out split): the
+      Gram matrices K_c = X_c X_c^T and L_c = Y_c Y_c^T, with ||Y_c^T X_c||_F^2 = <K_c, L_c>_F:
+      N^2 (Dx + Dy) / 2 multiply-adds and N x N memory instead of D x D.
     """
+    n, d = z.shape
+    if n < d:
+        k, l = _upper_gram(z[:, :dx].T, block), _upper_gram(z[:, dx:].T, block)  # noqa: E741
+        return _symmetric_sq(k), _symmetric_dot(k, l), _symmetric_sq(l)
     g = _upper_gram(z, block)
     return _symmetric_sq(g[:dx, :dx]), g[:dx, dx:].square().sum(), _symmetric_sq(g[dx:, dx:])
 
@@ -188,12 +197,11 @@ def _linear_hsic_centred(
     a: Tensor | None,
     b: Tensor | None,
     unbiased: bool,
-    same: bool = False,
 ) -> Tensor:
     """HSIC of centred xc (N, Dx), yc (N, Dy) -> (); a = |xc_i|^2, b = |yc_i|^2 (N,) are needed
-    for the unbiased estimator only. same=True: yc is xc (symmetric product, half the flops)."""
+    for the unbiased estimator only."""
     n = xc.shape[0]
-    cross = _gram_frobenius_sq(xc) if same else (yc.T @ xc).square().sum()
+    cross = (yc.T @ xc).square().sum()
     if not unbiased:
         return cross / (n - 1) ** 2
     assert a is not None and b is not None
@@ -301,13 +309,13 @@ def _pair_checked(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 def linear_cka(
     x: Tensor, y: Tensor, *, unbiased: bool = False, dtype: torch.dtype = torch.float64
 ) -> float:
-    """Linear CKA in feature space: ||Y_c^T X_c||_F^2 / (||X_c^T X_c||_F ||Y_c^T Y_c||_F).
+    """Linear CKA: ||Y_c^T X_c||_F^2 / (||X_c^T X_c||_F ||Y_c^T Y_c||_F).
 
     x: (N, Dx), y: (N, Dy) -> float in [0, 1] (biased), or the unbiased-HSIC CKA (may be < 0;
-    NaN when a self-HSIC estimate is <= 0). The upper block triangle of Z^T Z with
-    Z = [X_c Y_c] (_joint_frobenius): a (Dy x N)(N x Dx) product's worth for the cross term and
-    half of each self product; no N x N matrix. At N = 10k, D = 1024 that is about 1/9 of the
-    Gram form's flops (bench/bench_geometry.py).
+    NaN when a self-HSIC estimate is <= 0). From the upper triangle of Z^T Z with
+    Z = [X_c Y_c], or of the two N x N Gram matrices when N < Dx + Dy (_joint_frobenius). At
+    N = 10k, D = 1024 that is 1/9.8 of the flops of the plain Gram form, which builds both full
+    N x N matrices (bench/bench_geometry.py).
     """
     t = _linear_terms(x, y, unbiased, dtype)
     hxy, hxx, hyy = t.hsic(unbiased)
