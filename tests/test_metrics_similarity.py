@@ -334,6 +334,17 @@ def test_upper_gram_syrk_runs_on_torchs_thread_count(monkeypatch):
     assert seen == [{"limits": 1, "user_api": "blas"}]
 
 
+def test_sym_gram_from_blocked_gemms_equals_the_syrk_one(monkeypatch):
+    import src.metrics.similarity as sim
+
+    a = torch.randn(37, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    syrk = sim._sym_gram(a, block=8)
+    monkeypatch.setattr(sim, "_upper_gram", lambda z: sim._upper_gram_blocked(z, 4))
+    blocked = sim._sym_gram(a, block=8)  # the path off CPU: row-major already
+    assert blocked.is_contiguous() and torch.equal(blocked, blocked.T)
+    torch.testing.assert_close(blocked, syrk, rtol=1e-13, atol=1e-13)
+
+
 @pytest.mark.parametrize("block", [1, 5, 36, 37, 64])
 def test_mirrored_gram_and_permuted_gram_products_equal_plain_references(block):
     from src.metrics.similarity import _gram_null_batched, _gram_null_blocked, _sym_gram
@@ -344,6 +355,7 @@ def test_mirrored_gram_and_permuted_gram_products_equal_plain_references(block):
     k, l = _sym_gram(a, block=8), _sym_gram(b, block=5)  # noqa: E741
     torch.testing.assert_close(k, a @ a.T, rtol=1e-13, atol=1e-13)
     assert torch.equal(k, k.T)  # mirrored, so exactly symmetric
+    assert k.is_contiguous() and l.is_contiguous()  # row-major, for the row gathers below
     perms = [torch.randperm(37, generator=g) for _ in range(5)]
     ref = torch.stack([(k * l[p][:, p]).sum() for p in perms])
     scale = float((k.square().sum() * l.square().sum()).sqrt())

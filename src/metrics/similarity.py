@@ -124,7 +124,9 @@ def _upper_gram_syrk(z: Tensor) -> Tensor:
     # syrk(A) = A A^T (trans=0) or A^T A (trans=1): pass the Fortran-ordered view, no copy
     a, trans = (zn.T, 0) if zn.flags.c_contiguous else (zn, 1)
     with _blas().limit(limits=torch.get_num_threads(), user_api="blas"):
-        g = syrk(1.0, a, trans=trans, c=np.zeros((d, d), dtype=zn.dtype, order="F"))
+        # into zeros (nothing below the diagonal), which f2py would copy without overwrite_c
+        c = np.zeros((d, d), dtype=zn.dtype, order="F")
+        g = syrk(1.0, a, trans=trans, c=c, overwrite_c=1)
     return torch.from_numpy(g)
 
 
@@ -445,20 +447,20 @@ def _permuted_dots(a: Tensor, b: Tensor, perms: Iterable[Tensor]) -> Tensor:
     return torch.cat([b[p] @ a for p in batches]).double().cpu()
 
 
-def _sym_gram(a: Tensor, block: int = 1024) -> Tensor:
-    """a a^T (n, n) for a (n, d) from its upper block triangle, mirrored: half the GEMM flops
-    of a @ a.T, and exactly symmetric."""
-    n = a.shape[0]
-    g = torch.empty(n, n, dtype=a.dtype, device=a.device)
+def _sym_gram(a: Tensor, block: int = 256) -> Tensor:
+    """a a^T (n, n), row-major and exactly symmetric, for a (n, d): its upper triangle
+    (_upper_gram: one syrk on CPU, half the flops of a @ a.T) mirrored in blocks of rows. At
+    n = 10k, d = 1,024 (float32, 2 CPU threads) 0.79 s against 1.14 s for half-triangle GEMMs
+    of 1,024 rows mirrored alike."""
+    g = _upper_gram(a.T)
+    n = g.shape[0]
     for i in range(0, n, block):
         e = min(i + block, n)
-        torch.mm(a[i:e], a[i:].T, out=g[i:e, i:])
         g[e:, i:e] = g[i:e, e:].T
-        # the diagonal block's own GEMM need not be symmetric to the last bit (MKL on AMD is
-        # not): mirror its upper triangle too
         diag = g[i:e, i:e]
         diag.copy_(diag.triu() + diag.triu(1).T)
-    return g
+    # syrk's output is column-major: the transposed view of a symmetric matrix is itself
+    return g if g.is_contiguous() else g.T
 
 
 def _linear_null_cross(
