@@ -94,7 +94,7 @@ start_munge() {
   munge -n | unmunge >/dev/null || die "munge does not verify its own credential"
 }
 
-start_accounting() {
+start_accounting() {  # start_accounting FRESH: FRESH=1 empties the accounting database first
   local sock=/run/mysqld/mysqld.sock
   install -d -o mysql -g mysql /run/mysqld
   [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
@@ -105,6 +105,15 @@ start_accounting() {
       --pid-file=/run/mysqld/mariadb.pid --log-error="$LOGS/mariadb.err" \
       </dev/null >/dev/null 2>&1 &
     wait_until 60 mariadb-admin --socket="$sock" ping || die "mariadbd did not start"
+  fi
+  if [ "$1" = 1 ]; then
+    # A controller without saved state numbers jobs from 1 again, and `sacct -j 1` would answer
+    # with the finished job 1 of an earlier state: the launcher would take today's pending job
+    # for done and submit its dependants without afterok. That database holds only this
+    # harness's jobs.
+    stop_daemon "$PIDS/slurmdbd.pid" slurmdbd
+    say "new controller state: emptying the accounting database"
+    mariadb --socket="$sock" -e "DROP DATABASE IF EXISTS slurm_acct_db;"
   fi
   # Local accounting database only; the password never leaves this machine.
   mariadb --socket="$sock" -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
@@ -183,9 +192,13 @@ start() {
   [ "$(id -u)" = 0 ] || die "start needs root (it installs packages and starts daemons)"
   local t0=$SECONDS
   mkdir -p "$PIDS" "$LOGS" "$DIR/state/ctld" "$DIR/state/d" /etc/slurm
+  local fresh=0
+  if ! running "$PIDS/slurmctld.pid" slurmctld && [ -z "$(ls -A "$DIR/state/ctld")" ]; then
+    fresh=1
+  fi
   install_packages
   start_munge
-  start_accounting
+  start_accounting "$fresh"
   write_slurm_conf
   if [ "$CHANGED" = 1 ]; then  # daemons read slurm.conf at start only
     stop_daemon "$PIDS/slurmd.pid" slurmd
